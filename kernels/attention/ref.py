@@ -1,0 +1,68 @@
+"""Dense masked attention: the ground truth every other attention path is tested against.
+
+Costs O(t * s) time and memory; the model uses it only for global layers on CPU.
+"""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from kernels.masks import visible
+
+
+def softcap_logits(logits: Array, softcap: float | None) -> Array:
+    """Gemma 2 section 2: ``cap * tanh(logits / cap)``."""
+    return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
+
+
+def masked_softmax_combine(
+    logits: Float[Array, "... q s"], mask: Array, v: Float[Array, "... s e"]
+) -> Float[Array, "... q e"]:
+    """softmax(logits | mask) @ v in f32; a row with no visible key gives zeros, not NaN."""
+    logits = jnp.where(mask, logits, -jnp.inf)
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(logits - m)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    out = jnp.einsum("...qs,...se->...qe", p, v.astype(jnp.float32))
+    return out / jnp.where(denom > 0, denom, 1.0)
+
+
+def attention_reference(
+    q: Float[Array, "t h e"],
+    k: Float[Array, "s k e"],
+    v: Float[Array, "s k e"],
+    *,
+    window: int | None = None,
+    causal: bool = True,
+    softcap: float | None = None,
+    scale: float | None = None,
+    segment_ids: Int[Array, "t"] | None = None,
+    q_pos: Int[Array, "t"] | None = None,
+    k_pos: Int[Array, "s"] | None = None,
+) -> Float[Array, "t h e"]:
+    """Grouped-query attention with the mask of :func:`kernels.masks.visible`.
+
+    Query head ``n`` uses KV head ``n // (h // k)``. Positions default to ``arange``; pass them to
+    attend over a cache whose slots are not in order (ring buffers). ``segment_ids`` (query and key
+    side alike, so only when t == s) forbid attention across packed documents.
+    """
+    t, h, e = q.shape
+    s, nkv, _ = k.shape
+    scale = e**-0.5 if scale is None else scale
+    q_pos = jnp.arange(t) if q_pos is None else q_pos
+    k_pos = jnp.arange(s) if k_pos is None else k_pos
+    mask = visible(q_pos, k_pos, window=window, causal=causal)
+    if segment_ids is not None:
+        mask &= segment_ids[:, None] == segment_ids[None, :]
+    qg = q.reshape(t, nkv, h // nkv, e)
+    logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = softcap_logits(logits, softcap)
+    out = masked_softmax_combine(logits, mask, v.transpose(1, 0, 2)[:, None])  # [k, g, t, e]
+    return out.transpose(2, 0, 1, 3).reshape(t, h, e).astype(q.dtype)
+
+
+def attention_reference_jaxnn(q, k, v, *, window=None, scale=None):
+    """Independent oracle for causal (local) attention without soft-cap: jax.nn's own implementation."""
+    local = None if window is None else (window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, local_window_size=local)
