@@ -21,8 +21,8 @@ def bidirectional_radius(window: int) -> int:
 
 
 def visible(
-    q_pos: Int[Array, "t"],
-    k_pos: Int[Array, "s"],
+    q_pos: Int[Array, " t"],
+    k_pos: Int[Array, " s"],
     *,
     window: int | None = None,
     causal: bool = True,

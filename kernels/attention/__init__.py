@@ -21,7 +21,7 @@ def attention(
     causal: bool = True,
     softcap: float | None = None,
     scale: float | None = None,
-    segment_ids: Int[Array, "t"] | None = None,
+    segment_ids: Int[Array, " t"] | None = None,
     impl: str = "auto",
     interpret: bool | None = None,
 ) -> Float[Array, "t h e"]:

@@ -37,9 +37,9 @@ def attention_reference(
     causal: bool = True,
     softcap: float | None = None,
     scale: float | None = None,
-    segment_ids: Int[Array, "t"] | None = None,
-    q_pos: Int[Array, "t"] | None = None,
-    k_pos: Int[Array, "s"] | None = None,
+    segment_ids: Int[Array, " t"] | None = None,
+    q_pos: Int[Array, " t"] | None = None,
+    k_pos: Int[Array, " s"] | None = None,
 ) -> Float[Array, "t h e"]:
     """Grouped-query attention with the mask of :func:`kernels.masks.visible`.
 

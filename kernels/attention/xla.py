@@ -31,7 +31,7 @@ def local_attention_blocked(
     causal: bool = True,
     softcap: float | None = None,
     scale: float | None = None,
-    segment_ids: Int[Array, "t"] | None = None,
+    segment_ids: Int[Array, " t"] | None = None,
     block: int | None = None,
 ) -> Float[Array, "t h e"]:
     """Sliding-window attention, blocked: query block i reads key blocks i - before .. i + after."""

@@ -14,11 +14,11 @@ from kernels.scan.ref import linear_scan_assoc, linear_scan_reference
 def linear_scan(
     a: Float[Array, "t r"],
     x: Float[Array, "t r"],
-    h0: Float[Array, "r"] | None = None,
+    h0: Float[Array, " r"] | None = None,
     *,
     impl: str = "auto",
     interpret: bool | None = None,
-) -> tuple[Float[Array, "t r"], Float[Array, "r"]]:
+) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
     """Returns ``(y, h_last)`` with ``y[t] = h_t``; ``h0`` defaults to zeros. Batch with ``jax.vmap``."""
     if a.shape != x.shape:
         raise ValueError(f"a {a.shape} and x {x.shape} must have the same shape")

@@ -9,8 +9,8 @@ from jaxtyping import Array, Float
 
 
 def linear_scan_reference(
-    a: Float[Array, "t r"], x: Float[Array, "t r"], h0: Float[Array, "r"] | None = None
-) -> tuple[Float[Array, "t r"], Float[Array, "r"]]:
+    a: Float[Array, "t r"], x: Float[Array, "t r"], h0: Float[Array, " r"] | None = None
+) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
     """Sequential ``lax.scan``: the ground truth. Returns ``(h for every t, h_last)``."""
     h = jnp.zeros(x.shape[-1], jnp.float32) if h0 is None else h0.astype(jnp.float32)
 
@@ -24,8 +24,8 @@ def linear_scan_reference(
 
 
 def linear_scan_assoc(
-    a: Float[Array, "t r"], x: Float[Array, "t r"], h0: Float[Array, "r"] | None = None
-) -> tuple[Float[Array, "t r"], Float[Array, "r"]]:
+    a: Float[Array, "t r"], x: Float[Array, "t r"], h0: Float[Array, " r"] | None = None
+) -> tuple[Float[Array, "t r"], Float[Array, " r"]]:
     """The same recurrence as a log-depth ``lax.associative_scan`` (more work, less latency)."""
     a32, x32 = a.astype(jnp.float32), x.astype(jnp.float32)
     if h0 is not None:

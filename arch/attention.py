@@ -1,0 +1,122 @@
+"""Grouped-query attention, global (``G``) or sliding-window (``L``), causal or bidirectional.
+
+Gemma 2 section 2 (local/global interleave, soft-capping, GQA), Gemma 3 section 2 (QK-norm, 5:1,
+RoPE bases 10k local / 1M global, linear scaling of global positions), Griffin section 2.4 (local MQA
+with partial RoPE). The visibility rule is :mod:`arch.masks`.
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+import kernels
+from arch.config import ModelConfig
+from arch.linear import Linear
+from arch.masks import kernel_window
+from arch.mixer import AbstractMixer
+from arch.norms import RMSNorm
+from arch.rope import apply_rope
+from arch.typing import Hidden, Positions
+
+
+class KVCache(eqx.Module):
+    """K and V for ``size`` slots with the position each slot holds (-1: empty). A global layer has a
+    slot per position; a local layer is a ring buffer of ``window`` slots (slot = position % window)."""
+
+    k: Float[Array, "s k e"]
+    v: Float[Array, "s k e"]
+    pos: Int[Array, " s"]
+
+
+class Attention(AbstractMixer):
+    q_proj: Linear
+    k_proj: Linear
+    v_proj: Linear
+    o_proj: Linear
+    q_norm: RMSNorm | None
+    k_norm: RMSNorm | None
+    window: int | None = eqx.field(static=True)  # None: global
+    num_heads: int = eqx.field(static=True)
+    num_kv_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+    rotary_dim: int = eqx.field(static=True)
+    rope_base: float = eqx.field(static=True)
+    rope_scale: float = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
+    softcap: float | None = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+    impl: str = eqx.field(static=True)
+
+    def __init__(self, cfg: ModelConfig, *, window: int | None, key: PRNGKeyArray):
+        qk, kk, vk, ok = jr.split(key, 4)
+        h, kv, e, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.width
+        mm = cfg.matmul_dtype
+        self.q_proj = Linear(d, h * e, matmul_dtype=mm, key=qk)
+        self.k_proj = Linear(d, kv * e, matmul_dtype=mm, key=kk)
+        self.v_proj = Linear(d, kv * e, matmul_dtype=mm, key=vk)
+        self.o_proj = Linear(h * e, d, bias=cfg.attn_out_bias, matmul_dtype=mm, key=ok)
+        self.q_norm = RMSNorm(e, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(e, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.window = window
+        self.num_heads, self.num_kv_heads, self.head_dim = h, kv, e
+        self.rotary_dim = cfg.rotary_dim
+        self.rope_base = cfg.rope_base_global if window is None else cfg.rope_base_local
+        self.rope_scale = cfg.rope_scale_global if window is None else 1.0
+        self.scale = cfg.query_scale
+        self.softcap = cfg.attn_softcap
+        self.causal = cfg.causal
+        self.impl = cfg.attn_impl
+
+    def _qkv(self, x: Hidden, positions: Positions):
+        t = x.shape[0]
+        q = self.q_proj(x).reshape(t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # Gemma 3: QK-norm before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        rope = dict(base=self.rope_base, rotary_dim=self.rotary_dim, scale=self.rope_scale)
+        return apply_rope(q, positions, **rope), apply_rope(k, positions, **rope), v
+
+    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
+                 ) -> Hidden:
+        q, k, v = self._qkv(x, positions)
+        out = kernels.attention(
+            q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
+            softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
+        )
+        return self.o_proj(out.reshape(x.shape[0], -1))
+
+    def init_cache(self, max_len: int, dtype) -> KVCache:
+        size = max_len if self.window is None else min(self.window, max_len)
+        shape = (size, self.num_kv_heads, self.head_dim)
+        empty = jnp.full((size,), -1, jnp.int32)  # -1: nothing stored yet, never visible
+        return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), pos=empty)
+
+    def step(self, x: Hidden, positions: Positions, cache: KVCache) -> tuple[Hidden, KVCache]:
+        """Attend the chunk's queries over the cache plus the chunk itself, then write the chunk in.
+
+        Attending before writing keeps every key a query may see even when the chunk is longer than
+        a local layer's ring buffer (a prefill chunk that wraps it).
+        """
+        if not self.causal:
+            raise ValueError("a bidirectional (causal=False) model has no decode step: it is an encoder")
+        t = x.shape[0]
+        q, k, v = self._qkv(x, positions)
+        keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
+        values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
+        k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
+        out = kernels.attention_reference(
+            q, keys.astype(q.dtype), values.astype(q.dtype), window=self.window, causal=True,
+            softcap=self.softcap, scale=self.scale, q_pos=positions, k_pos=k_pos,
+        )
+        size = cache.pos.shape[0]
+        keep = min(t, size)  # only the newest `size` positions of the chunk survive in the buffer
+        slots = positions[-keep:] % size if self.window is not None else positions[-keep:]
+        cache = KVCache(
+            k=cache.k.at[slots].set(k[-keep:].astype(cache.k.dtype), mode="drop"),
+            v=cache.v.at[slots].set(v[-keep:].astype(cache.v.dtype), mode="drop"),
+            pos=cache.pos.at[slots].set(positions[-keep:].astype(jnp.int32), mode="drop"),
+        )
+        return self.o_proj(out.reshape(t, -1)), cache
+

@@ -1,0 +1,31 @@
+"""Parameter counts from the module tree itself (never from a formula)."""
+
+import math
+
+import equinox as eqx
+import jax
+
+from arch.config import ModelConfig
+
+
+def abstract_model(cfg: ModelConfig):
+    """The model's structure with ShapeDtypeStructs in place of arrays: nothing is allocated."""
+    from arch.model import LM
+
+    return eqx.filter_eval_shape(LM, cfg, key=jax.random.key(0))
+
+
+def _size(tree) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape"))
+
+
+def count_params(cfg_or_model) -> dict[str, int]:
+    """``{"embedding", "non_embedding", "total"}`` for a config (built abstractly) or a model.
+
+    The embedding is the token table (plus an untied output head, if any); everything else is
+    non-embedding, as the reports count it.
+    """
+    model = abstract_model(cfg_or_model) if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
+    total = _size(model)
+    embedding = _size(model.embed) + (0 if model.lm_head is None else _size(model.lm_head))
+    return {"embedding": embedding, "non_embedding": total - embedding, "total": total}
