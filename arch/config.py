@@ -104,6 +104,8 @@ class ModelConfig:
                 fail(field, "must be > 0")
         if not 0 < self.partial_rotary <= 1:
             fail("partial_rotary", "must be in (0, 1]")
+        if self.head_dim % 2:
+            fail("head_dim", "must be even (RoPE rotates pairs of dims)")
         rotary = self.rotary_dim
         if rotary % 2 or rotary != self.partial_rotary * self.head_dim:
             fail("partial_rotary", f"must rotate an even whole number of the head_dim={self.head_dim} dims")
