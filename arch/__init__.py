@@ -2,6 +2,8 @@
 
 from arch.cache import Cache, init_cache
 from arch.config import ModelConfig, ratio
+from arch.embedding import EmbeddingModel
+from arch.hf import from_hf, to_hf
 from arch.masks import visible
 from arch.model import LM
 from arch.params import count_params
@@ -11,10 +13,13 @@ __all__ = [
     "LM",
     "PRESETS",
     "Cache",
+    "EmbeddingModel",
     "ModelConfig",
     "count_params",
+    "from_hf",
     "init_cache",
     "preset",
     "ratio",
+    "to_hf",
     "visible",
 ]
