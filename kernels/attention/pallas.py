@@ -1,0 +1,111 @@
+"""Sliding-window flash attention as Pallas kernels, differentiable through ``jax.custom_vjp``.
+
+Forward: :mod:`kernels.attention.pallas_fwd`; backward: :mod:`kernels.attention.pallas_bwd`; the
+band both agree on: :mod:`kernels.attention.band`. Autodiff cannot trace through ``pallas_call``, so
+the VJP is written out. This wrapper pads time to a block multiple (padded keys are invisible) and
+the head dim to a power of two (zero columns change no logit), moves heads in front, and resolves
+block sizes per backend (:class:`kernels.blocks.AttentionBlocks`).
+
+Inputs may be bf16: matmuls accumulate in f32, softmax statistics are f32, the output takes the
+input dtype. ``jax.vmap`` over :func:`attention_pallas` batches by adding a grid axis.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from kernels.attention.pallas_bwd import flash_backward
+from kernels.attention.pallas_fwd import flash_forward
+from kernels.blocks import AttentionBlocks, compiler_params, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything the kernels specialise on (hashable: it is a ``nondiff_argnums`` argument)."""
+
+    t: int
+    window: int | None
+    causal: bool
+    softcap: float | None
+    scale: float
+    fwd_blocks: tuple[int, int]
+    bwd_blocks: tuple[int, int]
+    interpret: bool
+    params: object
+
+    def kwargs(self, bwd: bool):
+        return dict(
+            t=self.t, window=self.window, causal=self.causal, softcap=self.softcap, scale=self.scale,
+            blocks=self.bwd_blocks if bwd else self.fwd_blocks, interpret=self.interpret,
+            params=self.params,
+        )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, seg, st: _Static):
+    return flash_forward(q, k, v, seg, **st.kwargs(bwd=False))[0]
+
+
+def _flash_fwd(q, k, v, seg, st: _Static):
+    o, lse = flash_forward(q, k, v, seg, **st.kwargs(bwd=False))
+    return o, (q, k, v, seg, o, lse)
+
+
+def _flash_bwd(st: _Static, res, do):
+    q, k, v, seg, o, lse = res
+    dq, dk, dv = flash_backward(q, k, v, seg, o, lse, do, **st.kwargs(bwd=True))
+    return dq, dk, dv, None  # segment ids are integers: no cotangent
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def attention_pallas(
+    q: Float[Array, "t h e"],
+    k: Float[Array, "t k e"],
+    v: Float[Array, "t k e"],
+    *,
+    window: int | None = None,
+    causal: bool = True,
+    softcap: float | None = None,
+    scale: float | None = None,
+    segment_ids: Int[Array, " t"] | None = None,
+    interpret: bool = False,
+    blocks: AttentionBlocks | None = None,
+) -> Float[Array, "t h e"]:
+    """Flash attention of one sequence with the :mod:`kernels.masks` window rule.
+
+    Same contract as :func:`kernels.attention.attention_reference` (self-attention: k and v have
+    the query length). Query head ``n`` reads KV head ``n // (h // k)``.
+    """
+    t, h, e = q.shape
+    if k.shape[0] != t or v.shape != k.shape:
+        raise ValueError(f"self-attention kernel: q {q.shape}, k {k.shape}, v {v.shape}")
+    if h % k.shape[1]:
+        raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({k.shape[1]})")
+    blocks = blocks or AttentionBlocks.for_backend("cpu" if interpret else None)
+    # Tiles no larger than the (power-of-two rounded) sequence; 16 is the smallest Triton dot.
+    bq, bk, bqb, bkb = (fit(b, t, 16) for b in (blocks.block_q, blocks.block_k, blocks.block_q_bwd,
+                                                  blocks.block_k_bwd))
+    step = max(bq, bk, bqb, bkb)  # all powers of two: the largest is a multiple of the others
+    tp = -(-t // step) * step
+    ep = max(16, 1 << (e - 1).bit_length())
+    warps = blocks.num_warps or (4 if ep <= 64 else 8)
+    st = _Static(
+        t=t, window=window, causal=causal, softcap=softcap,
+        scale=float(e**-0.5 if scale is None else scale),
+        fwd_blocks=(bq, bk), bwd_blocks=(bqb, bkb), interpret=bool(interpret),
+        params=compiler_params(interpret, num_warps=warps, num_stages=blocks.num_stages),
+    )
+
+    def heads_first(x):  # [t, n, e] -> [n, tp, ep]
+        return jnp.pad(x, ((0, tp - t), (0, 0), (0, ep - e))).transpose(1, 0, 2)
+
+    seg = None
+    if segment_ids is not None:
+        seg = jnp.pad(segment_ids.astype(jnp.int32), (0, tp - t), constant_values=-1)
+    o = _flash(heads_first(q), heads_first(k), heads_first(v), seg, st)
+    return o[:, :t, :e].transpose(1, 0, 2)

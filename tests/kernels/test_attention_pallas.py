@@ -1,0 +1,164 @@
+"""Flash attention kernels (interpret mode) against the dense reference: values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kernels
+from kernels.attention import band
+from kernels.attention.pallas import attention_pallas
+from kernels.attention.pallas_fwd import flash_forward
+from kernels.blocks import AttentionBlocks
+from kernels.masks import visible
+
+SMALL = AttentionBlocks(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
+MIXED = AttentionBlocks(block_q=16, block_k=32, block_q_bwd=32, block_k_bwd=16)
+
+
+def rel_err(a, b):
+    """Relative L2 error; against an all-zero truth (window 1 has dq = 0) it is the max abs error."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.linalg.norm(b)
+    return np.abs(a - b).max() if scale == 0 else np.linalg.norm(a - b) / scale
+
+
+def qkv(t, h, kv, e, dtype=jnp.float32, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(ks[0], (t, h, e), dtype)
+    k = jax.random.normal(ks[1], (t, kv, e), dtype)
+    v = jax.random.normal(ks[2], (t, kv, e), dtype)
+    return q, k, v, jax.random.normal(ks[3], (t, h, e), jnp.float32)
+
+
+def segments(t, cuts):
+    return jnp.searchsorted(jnp.asarray(cuts), jnp.arange(t), side="right").astype(jnp.int32)
+
+
+# (t, h, kv, e, window, causal, softcap, segment cuts, blocks)
+CASES = {
+    "w1_mha": (40, 2, 2, 16, 1, True, None, None, None),
+    "w7_gqa_t_not_block_multiple": (70, 4, 2, 16, 7, True, None, None, SMALL),
+    "w7_mqa_bidirectional": (70, 4, 1, 16, 7, False, None, None, SMALL),
+    "w20_not_block_multiple_softcap": (96, 2, 1, 32, 20, True, 30.0, None, MIXED),
+    "w20_bidirectional_softcap": (83, 4, 2, 16, 20, False, 5.0, None, MIXED),
+    "window_ge_t": (50, 2, 2, 16, 64, True, None, None, None),
+    "window_ge_t_bidirectional": (50, 2, 2, 16, 64, False, None, None, None),
+    "global_causal_gqa_softcap": (70, 4, 2, 16, None, True, 5.0, None, SMALL),
+    "global_bidirectional": (70, 2, 2, 16, None, False, None, None, MIXED),
+    "segments_local": (80, 4, 2, 16, 9, True, None, (13, 40, 41), SMALL),
+    "segments_global_bidirectional_mqa": (80, 2, 1, 16, None, False, 10.0, (30, 55), MIXED),
+}
+
+
+def _loss(fn, w):
+    return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_and_grad_match_reference(name):
+    t, h, kv, e, window, causal, softcap, cuts, blocks = CASES[name]
+    q, k, v, w = qkv(t, h, kv, e)
+    seg = None if cuts is None else segments(t, cuts)
+    opts = dict(window=window, causal=causal, softcap=softcap, segment_ids=seg)
+    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=blocks, **opts)  # noqa: E731
+    ref = lambda q, k, v: kernels.attention_reference(q, k, v, **opts)  # noqa: E731
+    out, want = pallas(q, k, v), ref(q, k, v)
+    assert out.shape == want.shape and out.dtype == q.dtype
+    assert rel_err(out, want) < 1e-5
+    grads = jax.grad(_loss(pallas, w), (0, 1, 2))(q, k, v)
+    want_grads = jax.grad(_loss(ref, w), (0, 1, 2))(q, k, v)
+    for got, exp in zip(grads, want_grads):
+        assert got.shape == exp.shape
+        assert rel_err(got, exp) < 1e-5
+
+
+def test_public_entry_point_dispatches_to_pallas():
+    q, k, v, _ = qkv(40, 2, 1, 16)
+    out = kernels.attention(q, k, v, window=5, impl="pallas", interpret=True, scale=0.3)
+    assert rel_err(out, kernels.attention_reference(q, k, v, window=5, scale=0.3)) < 1e-5
+
+
+def test_bf16_inputs_f32_accumulation():
+    q, k, v, w = qkv(48, 4, 2, 32, dtype=jnp.bfloat16, seed=1)
+    opts = dict(window=9, causal=True, softcap=20.0)
+    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=SMALL, **opts)  # noqa: E731
+
+    def ref(q, k, v):  # f32 math on the same bf16 values
+        f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+        return kernels.attention_reference(*f32, **opts)
+
+    out = pallas(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    assert rel_err(out, ref(q, k, v)) < 2e-2
+    grads = jax.grad(_loss(pallas, w), (0, 1, 2))(q, k, v)
+    want = jax.grad(_loss(ref, w), (0, 1, 2))(q, k, v)
+    for got, exp in zip(grads, want):
+        assert got.dtype == jnp.bfloat16
+        assert rel_err(got, exp) < 2e-2
+
+
+def test_vmap_over_batch_with_segments():
+    b, t = 2, 48
+    ks = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(ks[0], (b, t, 4, 16))
+    k = jax.random.normal(ks[1], (b, t, 2, 16))
+    v = jax.random.normal(ks[2], (b, t, 2, 16))
+    seg = jnp.stack([segments(t, (10,)), segments(t, (30, 31))])
+    opts = dict(window=6, causal=True)
+
+    def batched(fn):
+        return lambda q, k, v: jax.vmap(lambda q, k, v, s: fn(q, k, v, segment_ids=s, **opts))(q, k, v, seg)
+
+    pallas = batched(lambda *a, **kw: attention_pallas(*a, interpret=True, blocks=SMALL, **kw))
+    ref = batched(kernels.attention_reference)
+    assert rel_err(pallas(q, k, v), ref(q, k, v)) < 1e-5
+    loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))  # noqa: E731
+    for got, exp in zip(jax.grad(loss(pallas), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
+        assert rel_err(got, exp) < 1e-5
+
+
+def test_rows_without_visible_keys_give_zeros():
+    """Padding rows (positions >= t) see no key: the kernel must write zeros and a finite lse."""
+    t, tp, e = 20, 32, 16
+    q, k, v, _ = qkv(tp, 2, 1, e)
+    o, lse = flash_forward(
+        q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2), None, t=t, window=4,
+        causal=False, softcap=None, scale=e**-0.5, blocks=(16, 16), interpret=True, params=None,
+    )
+    assert np.all(np.isfinite(np.asarray(o))) and np.all(np.isfinite(np.asarray(lse)))
+    assert np.all(np.asarray(o[:, t:]) == 0.0)
+    assert np.all(np.asarray(lse[:, t:]) == band.BIG)
+    want = kernels.attention_reference(q[:t], k[:t], v[:t], window=4, causal=False)
+    assert rel_err(o[:, :t].transpose(1, 0, 2), want) < 1e-5
+
+
+def test_masked_softmax_row_with_no_visible_key_is_zero():
+    from kernels.attention.ref import masked_softmax_combine
+
+    logits = jnp.arange(12.0).reshape(3, 4)
+    mask = jnp.array([[True, False, True, False], [False] * 4, [True] * 4])
+    out = masked_softmax_combine(logits, mask, jnp.ones((4, 2)))
+    assert np.all(np.isfinite(np.asarray(out)))
+    np.testing.assert_array_equal(np.asarray(out[1]), 0.0)
+    np.testing.assert_allclose(np.asarray(out)[[0, 2]], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("t, window, causal, bq, bk", [
+    (70, 7, True, 16, 16), (70, 7, False, 16, 32), (100, 1, True, 32, 16), (100, 33, False, 16, 16),
+    (64, None, True, 16, 32), (64, None, False, 32, 16), (50, 64, True, 16, 16),
+])
+def test_band_ranges_are_exactly_the_blocks_with_visible_keys(t, window, causal, bq, bk):
+    """Work is O(t * window): the loops visit exactly the tiles that hold a visible (q, k) pair."""
+    tp = -(-t // max(bq, bk)) * max(bq, bk)
+    pos = jnp.arange(tp)
+    vis = np.asarray(visible(pos, pos, window=window, causal=causal) & (pos[:, None] < t) & (pos < t))
+    for qb in range(tp // bq):
+        lo, hi = band.key_block_range(qb * bq, bq, bk, t=t, window=window, causal=causal)
+        want = [j for j in range(tp // bk) if vis[qb * bq:(qb + 1) * bq, j * bk:(j + 1) * bk].any()]
+        got = list(range(int(lo), int(hi)))
+        assert got == want or (not want and not got), (qb, got, want)
+    for kb in range(tp // bk):
+        lo, hi = band.query_block_range(kb * bk, bk, bq, t=t, window=window, causal=causal)
+        want = [i for i in range(tp // bq) if vis[i * bq:(i + 1) * bq, kb * bk:(kb + 1) * bk].any()]
+        assert list(range(int(lo), int(hi))) == want, (kb, int(lo), int(hi), want)
