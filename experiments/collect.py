@@ -1,0 +1,78 @@
+"""``collect(sweep)``: one pandas DataFrame row per run directory, for notebooks and plots.
+
+Columns: ``run``, ``label``, ``status`` (done / trained / failed / partial), ``error``; the run config
+(``run.<field>``) and the resolved model config (``model.<field>``) flattened; summary figures
+(``final_val_loss``, ``tokens_per_s``, ``mfu``, ...); evaluation metrics (``evals.<name>``); sweep tags
+(``tag.<name>``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.sweep import DEFAULT_OUT
+
+
+def _scalars(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_scalars(f"{prefix}{k}.", v))
+        elif isinstance(v, list | tuple):
+            out[f"{prefix}{k}"] = json.dumps(v)
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_run(run_dir: Path) -> dict[str, Any] | None:
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        return None
+    config = json.loads(config_path.read_text())
+    row: dict[str, Any] = {"run": run_dir.name, "status": "partial"}
+    row.update(_scalars("run.", {k: v for k, v in config.items() if k != "overrides"}))
+    row.update({f"run.override.{k}": v for k, v in config.get("overrides", [])})
+    summary_path, error_path = run_dir / "summary.json", run_dir / "error.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        row["status"] = "done" if "evals" in summary else "trained"
+        row.update(_scalars("model.", summary.pop("model_config", {})))
+        row.update(_scalars("evals.", summary.pop("evals", {})))
+        row.update(_scalars("tag.", summary.pop("tags", {}) or {}))
+        row.update(_scalars("", summary))
+    if error_path.exists() and row["status"] != "done":
+        error = json.loads(error_path.read_text())
+        row.update(status="failed", error=error.get("error"), label=error.get("label"))
+    return row
+
+
+def collect(sweep: str, *, out: str | Path = DEFAULT_OUT) -> pd.DataFrame:
+    """Every run of ``sweep`` under ``out`` (default ``results/``), one row each, sorted by label."""
+    sweep_dir = Path(out) / sweep
+    rows = [r for d in sorted(sweep_dir.glob("*/")) if (r := read_run(d)) is not None]
+    df = pd.DataFrame(rows)
+    if "label" in df:
+        df = df.sort_values("label", kind="stable").reset_index(drop=True)
+    return df
+
+
+COLUMNS = ["label", "status", "evals.val_ppl", "evals.passkey_mean", "evals.mqar_mean",
+           "evals.cache_bytes_32k", "evals.params_non_embedding", "tokens_per_s"]
+
+
+def table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """The sweep's main figures as a plain-text table (cache bytes in MiB)."""
+    if df.empty:
+        return "(no runs)"
+    cols = [c for c in (columns or COLUMNS) if c in df]
+    view = df[cols].copy()
+    if "evals.cache_bytes_32k" in view:
+        view["evals.cache_bytes_32k"] = view["evals.cache_bytes_32k"] / 2**20
+        view = view.rename(columns={"evals.cache_bytes_32k": "cache@32K MiB"})
+    view.columns = [c.removeprefix("evals.") for c in view.columns]
+    return view.to_string(index=False, float_format=lambda x: f"{x:,.3f}")

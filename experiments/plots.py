@@ -1,0 +1,160 @@
+"""The plots every notebook and sweep uses. Each reads a ``collect(...)`` DataFrame and saves PNGs.
+
+- ``plot_tradeoff``: the memory/quality trade-off (x: cache memory at 32K, y: validation perplexity,
+  one labelled point per architecture), loss by position and probe accuracy vs distance.
+- ``plot_ratio_window``: perplexity heatmap over local:global ratio x window (Gemma 3 Figs. 3-4).
+- ``plot_bar``: one bar per run (Gemma 2 Tables 8-10).
+- ``plot_long_context``: loss by position beyond the training length (Gemma 3 section 5.3).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows: works on headless machines and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _done(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "done"] if "status" in df else df
+
+
+def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
+    """``evals.<prefix><number>`` columns of a row as sorted (number, value) pairs."""
+    pairs = []
+    for col, value in row.items():
+        m = re.fullmatch(rf"evals\.{prefix}(\d+)", str(col))
+        if m and pd.notna(value):
+            pairs.append((float(m.group(1)), float(value)))
+    return sorted(pairs)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
+    df = _done(df)
+    if df.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    mib = df["evals.cache_bytes_32k"] / 2**20
+    ax.scatter(mib, df["evals.val_ppl"], s=40)
+    for x, y, label in zip(mib, df["evals.val_ppl"], df["label"]):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Memory / quality trade-off of Gemma-family layer patterns")
+    ax.grid(alpha=0.3)
+    paths = [_save(fig, Path(figures) / f"{name}.png")]
+    paths += plot_loss_by_position(df, figures, name)
+    paths += plot_probes(df, figures, name)
+    return paths
+
+
+def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
+    df = _done(df)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for _, row in df.iterrows():
+        pts = _series(row, "loss_pos_")
+        if pts:
+            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return []
+    if "evals.window" in df and df["evals.window"].notna().any():
+        ax.axvline(float(df["evals.window"].dropna().iloc[0]), color="grey", ls="--", lw=1, label="window")
+    ax.set_xlabel("token position (start of bucket)")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title("Loss by position")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return [_save(fig, Path(figures) / f"{name}_loss_by_position.png")]
+
+
+def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
+    df = _done(df)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    drawn = False
+    for ax, prefix, title in ((axes[0], "passkey_", "passkey retrieval"), (axes[1], "mqar_gap_", "MQAR")):
+        for _, row in df.iterrows():
+            pts = _series(row, prefix)
+            if pts:
+                ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
+                drawn = True
+        ax.set_xlabel("distance (tokens)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return []
+    axes[1].legend(fontsize=7)
+    return [_save(fig, Path(figures) / f"{name}_probes.png")]
+
+
+def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window") -> list[Path]:
+    df = _done(df)
+    if df.empty or "tag.ratio" not in df:
+        return []
+    grid = df.pivot_table(index="tag.ratio", columns="tag.window", values="evals.val_ppl")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    im = ax.imshow(grid.values, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(grid.columns)), [str(int(c)) for c in grid.columns])
+    ax.set_yticks(range(len(grid.index)), [f"{int(r)}:1" for r in grid.index])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if pd.notna(grid.values[i, j]):
+                ax.text(j, i, f"{grid.values[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xlabel("sliding window")
+    ax.set_ylabel("local:global")
+    ax.set_title("Validation perplexity")
+    fig.colorbar(im, ax=ax)
+    return [_save(fig, Path(figures) / f"{name}.png")]
+
+
+def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "evals.val_ppl") -> list[Path]:
+    df = _done(df)
+    if df.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(df["label"], df[metric])
+    lo, hi = df[metric].min(), df[metric].max()
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9) - 0.01 * lo, hi + 0.1 * (hi - lo + 1e-9))
+    ax.set_ylabel(metric.removeprefix("evals."))
+    ax.tick_params(axis="x", rotation=20)
+    ax.grid(alpha=0.3, axis="y")
+    return [_save(fig, Path(figures) / f"{name}.png")]
+
+
+def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context") -> list[Path]:
+    df = _done(df)
+    if df.empty or "tag.eval_len" not in df:
+        return []
+    longest = df[df["tag.eval_len"] == df["tag.eval_len"].max()]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for _, row in longest.iterrows():
+        pts = _series(row, "loss_pos_")
+        if pts:
+            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
+    train_len = df["run.seq_len"].dropna().iloc[0] if "run.seq_len" in df else None
+    if train_len is not None:
+        ax.axvline(float(train_len), color="grey", ls="--", lw=1, label="training length")
+    ax.set_xlabel("token position (start of bucket)")
+    ax.set_ylabel("validation loss (nats)")
+    ax.set_title("Beyond the training length: RoPE base and rescaling")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return [_save(fig, Path(figures) / f"{name}.png")]

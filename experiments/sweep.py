@@ -1,0 +1,238 @@
+"""Sweeps: named lists of runs, executed into ``results/<sweep>/<hash>/`` with skip and resume.
+
+    python -m experiments.sweep NAME [--scale quick|default|full] [--out DIR] [--shard i/n] [--dry-run]
+
+A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (appended while training) and
+``summary.json`` (written last, atomically). A run with a ``summary.json`` that already holds its
+evaluations is skipped; one without is resumed from its checkpoint. A run that fails writes
+``error.json`` (message and traceback) and the sweep goes on; the command exits non-zero at the end.
+
+Two kinds of run: a training run (a ``RunConfig``), and an evaluation variant that re-evaluates a
+trained run under inference-time overrides (another window, global layers turned local, longer
+contexts, RoPE rescaling) without retraining (Gemma 2 Table 10, Gemma 3 section 5.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from experiments.runconfig import RunConfig
+
+SCALES = ("quick", "default", "full")
+DEFAULT_OUT = Path("results")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Run:
+    """One point of a sweep. ``eval_overrides``/``eval_seq_len`` make it an evaluation variant of the
+    trained ``config`` (no training of its own); ``tags`` are extra columns for tables and plots."""
+
+    label: str
+    config: RunConfig
+    eval_overrides: tuple[tuple[str, Any], ...] = ()
+    eval_seq_len: int | None = None
+    tags: tuple[tuple[str, Any], ...] = ()
+    quick: bool = False  # lighter probes (fewer trials); not part of the key
+
+    @property
+    def is_variant(self) -> bool:
+        return bool(self.eval_overrides) or self.eval_seq_len is not None
+
+    @property
+    def key(self) -> str:
+        """Directory name: the config's hash, or for a variant a hash of (config, evaluation)."""
+        if not self.is_variant:
+            return self.config.short_hash()
+        spec = json.dumps([self.config.short_hash(), [list(p) for p in self.eval_overrides],
+                           self.eval_seq_len], sort_keys=True)
+        return "eval-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    name: str
+    mirrors: str  # the report table or figure it reproduces
+    runs: Callable[[str], list[Run]]  # scale -> runs
+    plot: str | None = None  # experiments.plots.plot_<plot>(DataFrame, figures dir, sweep name)
+
+
+SWEEPS: dict[str, Sweep] = {}
+
+
+def register(name: str, mirrors: str, plot: str | None = None):
+    """Decorator: ``@register("ratio", "Gemma 3 Fig. 3")`` on a ``scale -> list[Run]`` function."""
+
+    def wrap(fn):
+        SWEEPS[name] = Sweep(name, mirrors, fn, plot)
+        return fn
+
+    return wrap
+
+
+def get_sweep(name: str) -> Sweep:
+    import experiments.sweeps  # noqa: F401  (registers the named sweeps)
+
+    if name not in SWEEPS:
+        raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(SWEEPS))}")
+    return SWEEPS[name]
+
+
+def expand(name: str, scale: str) -> list[Run]:
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: must be one of {SCALES}")
+    runs = get_sweep(name).runs(scale)
+    keys = [r.key for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"sweep {name!r} at scale {scale!r} lists the same run twice")
+    return runs
+
+
+def shard(runs: list[Run], i: int, n: int) -> list[Run]:
+    """Runs of shard ``i`` of ``n`` (0-based): disjoint, together all runs; training runs go to the
+    shard of the first variant that needs them so no two shards train the same model."""
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {i}/{n}: need 0 <= i < n")
+    chosen = set(sorted({r.config.short_hash() for r in runs})[i::n])
+    return [r for r in runs if r.config.short_hash() in chosen]
+
+
+def status(run: Run, sweep_dir: Path) -> str:
+    d = sweep_dir / run.key
+    if (d / "summary.json").exists():
+        summary = json.loads((d / "summary.json").read_text())
+        return "done" if "evals" in summary else "trained"
+    if (d / "error.json").exists():
+        return "failed"
+    return "partial" if d.exists() else "new"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic: a reader sees the old file or the whole new one, never a torn one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def execute(run: Run, sweep_dir: Path, *, progress: bool = True) -> dict:
+    """Train (or reuse) the run's model, evaluate it, and return the finished summary."""
+    from experiments.evaluate import evaluate_run
+    from experiments.train import train
+
+    base_dir = sweep_dir / run.config.short_hash()
+    summary = train(run.config, base_dir, progress=progress)
+    run_dir = sweep_dir / run.key
+    if run.is_variant:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "summary.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        write_json(run_dir / "config.json", {**run.config.to_dict(), "variant_of": run.config.short_hash(),
+                                             "eval_overrides": [list(p) for p in run.eval_overrides],
+                                             "eval_seq_len": run.eval_seq_len})
+        summary = {k: v for k, v in summary.items() if k not in ("evals",)}
+    elif "evals" in summary:
+        return summary
+    evals = evaluate_run(base_dir, overrides=dict(run.eval_overrides), seq_len=run.eval_seq_len,
+                         quick=run.quick)
+    summary = {**summary, "label": run.label, "tags": dict(run.tags), "evals": evals,
+               "variant_of": run.config.short_hash() if run.is_variant else None}
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "error.json").unlink(missing_ok=True)
+    return summary
+
+
+def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
+              shard_spec: tuple[int, int] = (0, 1), dry_run: bool = False, progress: bool = True,
+              plot: bool = True, figures: Path = Path("figures")) -> dict[str, list[str]]:
+    """Execute a sweep; returns ``{"done": [...], "failed": [...]}`` (run directory names)."""
+    runs = shard(expand(name, scale), *shard_spec)
+    sweep_dir = Path(out) / name
+    if dry_run:
+        print(f"sweep {name} ({get_sweep(name).mirrors}), scale {scale}: {len(runs)} runs in {sweep_dir}/")
+        for r in runs:
+            kind = "eval " if r.is_variant else "train"
+            print(f"  {r.key:<16} {kind} {status(r, sweep_dir):<8} {r.label}")
+        return {"done": [], "failed": []}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, list[str]] = {"done": [], "failed": []}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(runs), desc=f"sweep {name}", unit="run", position=0)
+    for r in runs:
+        if bar is not None:
+            bar.set_postfix_str(r.label)
+        try:
+            execute(r, sweep_dir, progress=progress)
+            result["done"].append(r.key)
+        except Exception as err:  # one failing run must not stop the sweep
+            (sweep_dir / r.key).mkdir(parents=True, exist_ok=True)
+            error = {"label": r.label, "error": f"{type(err).__name__}: {err}",
+                     "traceback": traceback.format_exc()}
+            write_json(sweep_dir / r.key / "error.json", error)
+            result["failed"].append(r.key)
+            print(f"\nrun {r.key} ({r.label}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    sweep = get_sweep(name)
+    if plot and sweep.plot is not None and result["done"]:
+        from experiments import plots
+        from experiments.collect import collect
+
+        draw = getattr(plots, f"plot_{sweep.plot}")
+        for path in draw(collect(name, out=out), Path(figures), name):
+            print(f"figure: {path}")
+    return result
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def main(argv: list[str] | None = None) -> int:
+    import experiments.sweeps  # noqa: F401
+
+    p = argparse.ArgumentParser(description="Run a named sweep.", epilog="sweeps: " + ", ".join(
+        f"{n} ({s.mirrors})" for n, s in sorted(SWEEPS.items())))
+    p.add_argument("name", choices=sorted(SWEEPS))
+    p.add_argument("--scale", choices=SCALES, default="default")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/n")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--figures", type=Path, default=Path("figures"), help="where plots go (default figures/)")
+    args = p.parse_args(argv)
+    result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard,
+                       dry_run=args.dry_run, plot=not args.no_plot, figures=args.figures)
+    if result["failed"]:
+        print(f"{len(result['failed'])} run(s) failed; see error.json in {args.out / args.name}/<run>/",
+              file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        from experiments.collect import collect, table
+
+        print(table(collect(args.name, out=args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    from experiments.sweep import main as _main  # the registry lives in the module, not in __main__
+
+    sys.exit(_main())

@@ -1,0 +1,166 @@
+"""Sweep expansion, hashing, sharding, skip/resume, failure handling and collect."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments import sweep as sw
+from experiments.collect import collect, table
+from experiments.runconfig import RunConfig
+from experiments.sweep import SWEEPS, Run, expand, get_sweep, run_sweep, shard
+
+
+def test_every_sweep_expands_at_every_scale_without_duplicates():
+    get_sweep("tradeoff")
+    assert {"tradeoff", "ratio", "window", "inference_window", "gqa", "depth_width", "softcap_vs_qknorm",
+            "long_context"} <= set(SWEEPS)
+    for name in SWEEPS:
+        for scale in sw.SCALES:
+            runs = expand(name, scale)
+            assert runs and len({r.key for r in runs}) == len(runs)
+            for r in runs:
+                r.config.base_model_config()  # every point is a valid model
+
+
+def test_tradeoff_is_parameter_matched_and_covers_the_patterns():
+    import arch
+
+    runs = expand("tradeoff", "default")
+    patterns = [r.config.base_model_config().pattern for r in runs]
+    assert {"G", "LG", "LLLG", "LLLLLG", "LLLLLLLG", "L", "RRL", "RRG", "R"} == set(patterns)
+    sizes = [arch.count_params(r.config.base_model_config())["non_embedding"] for r in runs]
+    assert max(sizes) / min(sizes) < 1.01
+
+
+def test_hash_is_stable_and_sensitive():
+    a = RunConfig(preset="tiny_gemma3", steps=5)
+    assert a.short_hash() == RunConfig(preset="tiny_gemma3", steps=5).short_hash()
+    assert a.short_hash() != a.replace(steps=6).short_hash()
+    assert a.short_hash() != a.with_model(window=4).short_hash()
+    v1 = Run(label="x", config=a, eval_overrides=(("window", 4),))
+    v2 = Run(label="y", config=a, eval_overrides=(("window", 2),))
+    assert v1.key.startswith("eval-") and v1.key != v2.key and Run(label="z", config=a).key == a.short_hash()
+    # the same in a fresh interpreter
+    code = ("from experiments.runconfig import RunConfig; "
+            "print(RunConfig(preset='tiny_gemma3', steps=5).short_hash())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == a.short_hash()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_shards_are_disjoint_and_cover_all_runs(n):
+    runs = expand("long_context", "default")
+    parts = [shard(runs, i, n) for i in range(n)]
+    keys = [r.key for p in parts for r in p]
+    assert sorted(keys) == sorted(r.key for r in runs)  # cover, and no run twice
+    for p in parts:  # a trained model and all its evaluation variants stay together
+        trained = {r.config.short_hash() for r in p}
+        others = {r.config.short_hash() for q in parts if q is not p for r in q}
+        assert not trained & others
+
+
+def test_bad_shard_and_scale_and_name():
+    with pytest.raises(ValueError):
+        shard([], 2, 2)
+    with pytest.raises(ValueError, match="scale"):
+        expand("tradeoff", "huge")
+    with pytest.raises(ValueError, match="unknown sweep"):
+        get_sweep("nope")
+
+
+class FakeTraining:
+    """Stands in for train/evaluate: records calls, fails for chosen labels."""
+
+    def __init__(self, fail=()):
+        self.trained, self.evaluated, self.fail = [], [], set(fail)
+
+    def train(self, run, run_dir, progress=True):
+        summary_path = run_dir / "summary.json"
+        if summary_path.exists():
+            return json.loads(summary_path.read_text())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(run.to_dict()))
+        if dict(run.overrides).get("pattern") in self.fail:
+            raise RuntimeError("boom")
+        self.trained.append(run.short_hash())
+        summary = {"final_val_loss": 1.0, "model_config": {"pattern": dict(run.overrides).get("pattern")}}
+        summary_path.write_text(json.dumps(summary))
+        return summary
+
+    def evaluate(self, run_dir, overrides=None, seq_len=None, quick=False):
+        self.evaluated.append((run_dir.name, tuple(sorted((overrides or {}).items())), seq_len))
+        return {"val_ppl": 2.0 + len(self.evaluated), "cache_bytes_32k": 1024.0, "passkey_mean": 0.5}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    import experiments.evaluate
+    import experiments.train
+
+    f = FakeTraining(fail={"RRG"})
+    monkeypatch.setattr(experiments.train, "train", f.train)
+    monkeypatch.setattr(experiments.evaluate, "evaluate_run", f.evaluate)
+    return f
+
+
+def test_skip_resume_and_failures_are_recorded(fake, tmp_path):
+    result = run_sweep("tradeoff", scale="default", out=tmp_path, progress=False, plot=False)
+    runs = expand("tradeoff", "default")
+    assert len(result["done"]) == len(runs) - 1 and len(result["failed"]) == 1
+    failed = tmp_path / "tradeoff" / result["failed"][0] / "error.json"
+    assert "RuntimeError: boom" in json.loads(failed.read_text())["error"]
+    trained_once = list(fake.trained)
+    # re-running trains nothing that finished and re-tries only the failed run
+    fake.fail.clear()
+    result = run_sweep("tradeoff", scale="default", out=tmp_path, progress=False, plot=False)
+    assert not result["failed"] and len(fake.trained) == len(trained_once) + 1
+    assert not failed.exists()
+    evaluated = len(fake.evaluated)
+    run_sweep("tradeoff", scale="default", out=tmp_path, progress=False, plot=False)
+    assert len(fake.trained) == len(trained_once) + 1 and len(fake.evaluated) == evaluated
+
+
+def test_interrupted_evaluation_is_redone_without_training(fake, tmp_path):
+    runs = expand("inference_window", "quick")
+    trained = runs[0]
+    d = tmp_path / "inference_window" / trained.key
+    fake.train(trained.config, d)  # finished training, killed before its evaluation
+    run_sweep("inference_window", scale="quick", out=tmp_path, progress=False, plot=False)
+    assert fake.trained == [trained.config.short_hash()]  # the one training, no retraining
+    assert len(fake.evaluated) == len(runs)
+    variants = [e for e in fake.evaluated if e[1]]
+    assert {dict(e[1]).get("pattern") for e in variants} >= {"L"}
+
+
+def test_collect_on_fabricated_results(tmp_path):
+    sweep_dir = tmp_path / "demo"
+    for i, status in enumerate(["done", "failed", "partial"]):
+        d = sweep_dir / f"run{i}"
+        d.mkdir(parents=True)
+        cfg = RunConfig(preset="tiny_gemma3", steps=i + 1).with_model(window=4 + i)
+        (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+        if status == "done":
+            (d / "summary.json").write_text(json.dumps({
+                "label": "a", "final_val_loss": 2.5, "tags": {"ratio": 5},
+                "model_config": {"pattern": "LLLLLG", "window": 4},
+                "evals": {"val_ppl": 12.0, "cache_bytes_32k": 2**21, "loss_pos": {"0": 3.0}}}))
+        if status == "failed":
+            (d / "error.json").write_text(json.dumps({"label": "b", "error": "ValueError: x"}))
+    df = collect("demo", out=tmp_path)
+    assert len(df) == 3
+    by_run = df.set_index("run")
+    assert by_run.loc["run0", "status"] == "done" and by_run.loc["run0", "evals.val_ppl"] == 12.0
+    assert by_run.loc["run0", "model.pattern"] == "LLLLLG" and by_run.loc["run0", "tag.ratio"] == 5
+    assert by_run.loc["run0", "evals.loss_pos.0"] == 3.0
+    assert by_run.loc["run1", "status"] == "failed" and by_run.loc["run1", "error"] == "ValueError: x"
+    assert by_run.loc["run2", "status"] == "partial" and by_run.loc["run2", "run.override.window"] == 6
+    assert "2.000" in table(df)  # 2 MiB cache
+
+
+def test_dry_run_lists_without_running(fake, tmp_path, capsys):
+    run_sweep("gqa", scale="quick", out=tmp_path, dry_run=True, progress=False)
+    out = capsys.readouterr().out
+    assert "MHA" in out and "MQA" in out and "new" in out
+    assert not fake.trained and not (tmp_path / "gqa").exists()
