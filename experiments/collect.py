@@ -51,11 +51,14 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     return row
 
 
-def collect(sweep: str, *, out: str | Path = DEFAULT_OUT) -> pd.DataFrame:
-    """Every run of ``sweep`` under ``out`` (default ``results/``), one row each, sorted by label."""
+def collect(sweep: str, *, out: str | Path = DEFAULT_OUT, scale: str | None = None) -> pd.DataFrame:
+    """Every run of ``sweep`` under ``out`` (default ``results/``), one row each, sorted by label;
+    ``scale`` keeps only the finished runs of that scale (``quick``, ``default``, ``full``)."""
     sweep_dir = Path(out) / sweep
     rows = [r for d in sorted(sweep_dir.glob("*/")) if (r := read_run(d)) is not None]
     df = pd.DataFrame(rows)
+    if scale is not None:
+        df = df[df["tag.scale"] == scale] if "tag.scale" in df else df.iloc[0:0]
     if "label" in df:
         df = df.sort_values("label", kind="stable").reset_index(drop=True)
     return df

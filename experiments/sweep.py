@@ -191,7 +191,7 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
         from experiments.collect import collect
 
         draw = getattr(plots, f"plot_{sweep.plot}")
-        for path in draw(collect(name, out=out), Path(figures), name):
+        for path in draw(collect(name, out=out, scale=scale), Path(figures), name):
             print(f"figure: {path}")
     return result
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         from experiments.collect import collect, table
 
-        print(table(collect(args.name, out=args.out)))
+        print(table(collect(args.name, out=args.out, scale=args.scale)))
     return 0
 
 

@@ -49,8 +49,9 @@ def window_of(scale: str) -> int:
     return dict(base(scale).overrides)["window"]
 
 
-def run(scale: str, label: str, config: RunConfig, **kw) -> Run:
-    return Run(label=label, config=config, quick=scale == "quick", **kw)
+def run(scale: str, label: str, config: RunConfig, *, tags=(), **kw) -> Run:
+    """A sweep point; its scale is a tag so ``collect(sweep, scale=...)`` can keep scales apart."""
+    return Run(label=label, config=config, quick=scale == "quick", tags=(("scale", scale), *tags), **kw)
 
 
 @functools.cache
