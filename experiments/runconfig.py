@@ -1,0 +1,156 @@
+"""``RunConfig``: one training run as a frozen value (model preset + overrides, data, optimiser, steps,
+seed, loss). Its ``short_hash`` names the run directory, so the same config always lands in the same
+place (DESIGN.md, "Experiments and results").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import jax
+import optax
+
+import arch
+from arch.config import ModelConfig
+
+
+def _freeze(value: Any) -> Any:
+    """Lists (from JSON) back into tuples, recursively, so the config stays hashable."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that decides a training run's result. Frozen, hashable and JSON round-trippable."""
+
+    # model
+    preset: str  # a name in arch.PRESETS
+    overrides: tuple[tuple[str, Any], ...] = ()  # ModelConfig field overrides, e.g. (("window", 64),)
+    matmul_dtype: str = "bfloat16"  # bf16 matmul inputs, f32 accumulation: ~1.3-2x faster on AVX-512 CPUs
+    # data
+    data: str | None = None  # None: the default corpus (stdlib source + pydoc topics)
+    tokenizer: str | None = None  # an existing SentencePiece .model; None: train one on the corpus
+    vocab_size: int = 8192  # for a trained tokenizer; a loaded one decides its own
+    doc_mask: bool = True  # attention and recurrence restart at document boundaries inside a sequence
+    # optimisation (AdamW, linear warmup then cosine decay to min_lr_ratio * lr)
+    steps: int = 300
+    batch: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip: float = 1.0  # global-norm clipping
+    seed: int = 0
+    # objective
+    loss: str = "xent"  # a name in experiments.losses.LOSSES
+    loss_kwargs: tuple[tuple[str, Any], ...] = ()
+    teacher: str | None = None  # reserved for distillation: a run directory of a trained teacher
+    # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
+    eval_every: int = 100
+    eval_batches: int = 4
+    ckpt_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.preset not in arch.PRESETS:
+            raise ValueError(f"RunConfig.preset={self.preset!r}: unknown; known: {', '.join(arch.PRESETS)}")
+        for name in ("steps", "batch", "seq_len", "eval_every", "eval_batches", "ckpt_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RunConfig.{name}={value!r}: must be a positive int")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"RunConfig.warmup={self.warmup!r}: must be an int >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"RunConfig.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
+        # Normalise sequences (e.g. lists from JSON or callers) to hashable tuples of pairs.
+        # Sorted by name (later duplicates win, as in a dict): equal configs get equal hashes.
+        for name in ("overrides", "loss_kwargs"):
+            pairs = dict((str(k), _freeze(v)) for k, v in getattr(self, name))
+            object.__setattr__(self, name, tuple(sorted(pairs.items())))
+        self.base_model_config()  # fail now, naming the field, rather than at the first step
+
+    def base_model_config(self) -> ModelConfig:
+        """The preset with the overrides and matmul dtype, vocab size as the preset has it."""
+        return arch.preset(self.preset, **{"matmul_dtype": self.matmul_dtype, **dict(self.overrides)})
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The model this run trains: preset + overrides, with the tokenizer's vocabulary size.
+
+        ``vocab_size`` is the loaded tokenizer's size when known; otherwise the ``.model`` file is read
+        (if given) or the size the tokenizer will be trained to (``self.vocab_size``) is used.
+        """
+        if vocab_size is None:
+            if self.tokenizer is not None:
+                from experiments.tokenizer import load_tokenizer
+
+                vocab_size = load_tokenizer(self.tokenizer).vocab_size
+            else:
+                vocab_size = self.vocab_size
+        return self.base_model_config().replace(vocab_size=vocab_size)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["overrides"] = [list(p) for p in self.overrides]
+        d["loss_kwargs"] = [list(p) for p in self.loss_kwargs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"RunConfig.from_dict: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def short_hash(self) -> str:
+        """10 hex chars of sha256 over the sorted JSON: the same in every process and machine."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+
+    def with_model(self, **overrides) -> RunConfig:
+        """A copy with more ModelConfig overrides (later ones win)."""
+        return self.replace(overrides=(*self.overrides, *overrides.items()))
+
+    def replace(self, **kw) -> RunConfig:
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq_len
+
+    def schedule(self) -> optax.Schedule:
+        """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+        warmup = min(self.warmup, self.steps - 1)  # a short run (--steps 10) still decays
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=self.lr, warmup_steps=warmup,
+            decay_steps=max(self.steps, warmup + 1), end_value=self.lr * self.min_lr_ratio)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """Global-norm clipping, then AdamW (Loshchilov & Hutter 2019) with decoupled weight decay
+        on matrices only: norm gains, biases and the RG-LRU's Lambda (1-D) and gate biases are
+        not decayed."""
+        return optax.chain(
+            optax.clip_by_global_norm(self.clip),
+            optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
+                        mask=decay_mask),
+        )
+
+
+def decay_mask(params: Any) -> Any:
+    """True for leaves that get weight decay: arrays of rank >= 2 whose path does not name a bias."""
+
+    def one(path, x) -> bool:
+        names = "/".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path)
+        return getattr(x, "ndim", 0) >= 2 and "bias" not in names
+
+    return jax.tree_util.tree_map_with_path(one, params)

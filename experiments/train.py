@@ -1,0 +1,385 @@
+"""``train(run, run_dir)``: the one training loop (optax AdamW, warmup + cosine, global-norm clipping).
+
+Run directory (DESIGN.md, "Experiments and results"): ``config.json`` written first,
+``metrics.jsonl`` appended as training goes, ``checkpoint.ckpt`` every ``ckpt_every`` steps (atomic,
+checksummed; see :mod:`experiments.checkpoint`) and ``summary.json`` written last, atomically. A run
+with a summary is done and is returned as is; a run with a checkpoint resumes from it, bit for bit:
+batch ``s`` is a pure function of ``(data, batch, seed, s)`` and the step's RNG key is
+``fold_in(key(seed), s)``.
+
+CLI: ``python -m experiments.train --preset small_gemma3 [--override window=64 ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import arch
+from experiments import checkpoint
+from experiments import sharding as shd
+from experiments.corpus import atomic_write_bytes, load_corpus, unigram_entropy
+from experiments.data import Data, prepare_data
+from experiments.flops import flops_per_token, measure_matmul_peak
+from experiments.losses import get_loss, xent
+from experiments.runconfig import RunConfig
+from experiments.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------------ the jitted step
+def init_params(cfg: arch.ModelConfig, seed: int) -> tuple[Any, Any]:
+    """``(params, static)`` of a fresh model: f32 arrays, and the rest of the module tree."""
+    model = eqx.filter_jit(arch.LM)(cfg, key=jax.random.key(seed))
+    return eqx.partition(model, eqx.is_inexact_array)
+
+
+def batch_arrays(b) -> dict[str, np.ndarray]:
+    """The parts of an ``experiments.data.Batch`` the step reads."""
+    return {"inputs": b.inputs, "targets": b.targets, "segment_ids": b.segment_ids}
+
+
+def batch_loss(params, static, batch: dict, loss_fn=xent, loss_kwargs: dict | None = None,
+               doc_mask: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Token-weighted mean of the per-sequence loss over the batch, and the token count.
+
+    The model runs on one sequence; ``jax.vmap`` batches it (Equinox style).
+    """
+    model = eqx.combine(params, static)
+    kw = loss_kwargs or {}
+
+    def one(tokens, targets, segment_ids):
+        logits = model(tokens, segment_ids=segment_ids if doc_mask else None)
+        mask = jnp.ones(targets.shape, jnp.float32)  # packed sequences: every target counts
+        return loss_fn(logits.astype(jnp.float32), targets, mask, **kw), mask.sum()
+
+    losses, counts = jax.vmap(one)(batch["inputs"], batch["targets"], batch["segment_ids"])
+    total = jnp.sum(counts)
+    return jnp.sum(losses * counts) / jnp.maximum(total, 1.0), total
+
+
+def make_train_step(static, optimizer: optax.GradientTransformation, run: RunConfig, *, mesh=None,
+                    params=None, opt_state=None):
+    """One jitted ``(params, opt_state, batch, step) -> (params, opt_state, metrics)``.
+
+    Params and optimizer state are donated (updated in place). With a mesh, their shardings are pinned
+    on input and output (FSDP) and the batch is split over both mesh axes.
+    """
+    loss_fn = get_loss(run.loss)
+    kw = dict(run.loss_kwargs)
+    wants_key = "key" in inspect.signature(loss_fn).parameters
+    schedule = run.schedule()
+
+    def step(params, opt_state, batch, step):
+        extra = dict(kw)
+        if wants_key:  # randomness is a pure function of (seed, step): exact resume
+            extra["key"] = jax.random.fold_in(jax.random.key(run.seed), step)
+        (loss, _), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+            params, static, batch, loss_fn, extra, run.doc_mask)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0, 1))
+    p_sh, o_sh = shd.state_shardings(mesh, params), shd.state_shardings(mesh, opt_state)
+    rep = shd.replicated(mesh)
+    return jax.jit(step, donate_argnums=(0, 1), in_shardings=(p_sh, o_sh, shd.batch_sharding(mesh), rep),
+                   out_shardings=(p_sh, o_sh, rep))
+
+
+def make_eval_step(static, *, doc_mask: bool = True):
+    """Jitted ``(params, batch) -> (sum of token cross-entropies, token count)``."""
+
+    def step(params, batch):
+        mean, count = batch_loss(params, static, batch, xent, None, doc_mask)
+        return mean * count, count
+
+    return jax.jit(step)
+
+
+# ---------------------------------------------------------------------------------------------- train
+def load_run_data(run: RunConfig) -> Data:
+    """The corpus (default or ``run.data``), its tokenizer (trained and cached, or ``run.tokenizer``),
+    packed into sequences of ``run.seq_len``."""
+    corpus = load_corpus(run.data)
+    tok = get_tokenizer(corpus, vocab_size=run.vocab_size, model_file=run.tokenizer)
+    return prepare_data(corpus, tok, run.seq_len)
+
+
+def _prepare_dir(run: RunConfig, run_dir: Path) -> None:
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        existing = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+        if existing != run:
+            raise ValueError(f"{cfg_path} holds a different run ({existing.short_hash()}) than the one "
+                             f"asked for ({run.short_hash()}); use another --out or --resume")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(cfg_path, run.to_dict())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint (they are about to be recomputed)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
+
+
+def evaluate(eval_step, params, val, batch_size: int, put, divisor: int = 1) -> float:
+    """Mean validation cross-entropy (nats/token) over the fixed validation sequences, in chunks of
+    ``batch_size`` (a last chunk is cut to a multiple of ``divisor``, the number of devices)."""
+    total, count = 0.0, 0.0
+    arrays = batch_arrays(val)
+    for i in range(0, val.inputs.shape[0], batch_size):
+        rows = min(batch_size, val.inputs.shape[0] - i) // divisor * divisor
+        if rows == 0:
+            continue
+        s, n = eval_step(params, put({k: v[i : i + rows] for k, v in arrays.items()}))
+        total, count = total + float(s), count + float(n)
+    return total / max(count, 1.0)
+
+
+def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=None,
+          stop_at: int | None = None) -> dict:
+    """Train ``run`` in ``run_dir`` (resuming if a checkpoint is there); returns the summary dict.
+
+    ``mesh``: a ``("data", "fsdp")`` mesh from :func:`experiments.sharding.make_mesh`; None = one device.
+    ``stop_at``: checkpoint after that many steps and return ``{"stopped_at": step}`` without a summary
+    (a preemption on purpose: the next call resumes).
+    """
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    _prepare_dir(run, run_dir)
+    wall_start = time.perf_counter()
+    data = load_run_data(run)
+    cfg = run.model_config(data.tokenizer.vocab_size)
+    optimizer = run.optimizer()
+    params, static = init_params(cfg, run.seed)
+    opt_state = optimizer.init(params)
+    put = jax.device_put if mesh is None else (lambda b: shd.shard_batch(b, shd.batch_sharding(mesh)))
+    if mesh is not None:
+        params = jax.device_put(params, shd.state_shardings(mesh, params))
+        opt_state = jax.device_put(opt_state, shd.state_shardings(mesh, opt_state))
+    n_dev = 1 if mesh is None else mesh.size
+    step_fn = make_train_step(static, optimizer, run, mesh=mesh, params=params, opt_state=opt_state)
+    eval_step = make_eval_step(static, doc_mask=run.doc_mask)
+
+    ckpt_path, metrics_path = run_dir / checkpoint.CKPT_NAME, run_dir / "metrics.jsonl"
+    start, prior_seconds, last_good = 0, 0.0, None
+    if ckpt_path.exists():
+        (params, opt_state), meta = checkpoint.restore(ckpt_path, (params, opt_state))
+        start, prior_seconds, last_good = meta["step"], meta.get("train_seconds", 0.0), meta["step"]
+        _truncate_metrics(metrics_path, start)
+
+    batches = data.batches(run.batch, run.seed)
+    val = data.validation_set(run.eval_batches * run.batch)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.steps, initial=start, desc=f"train {run.preset}", unit="step")
+
+    def save_ckpt(step: int, seconds: float) -> None:
+        meta = {"step": step, "data_position": step, "seed": run.seed, "train_seconds": seconds,
+                "rng": np.asarray(jax.random.key_data(jax.random.key(run.seed))).tolist()}
+        checkpoint.save(ckpt_path, (params, opt_state), meta)
+
+    pending: list[tuple[int, Any]] = []  # (step, device metrics) not yet fetched: no per-step host sync
+    timed_tokens, timed_seconds, t_mark = 0, 0.0, None
+    val_loss = None
+    with open(metrics_path, "a") as log:
+        for step in range(start, run.steps):
+            params, opt_state, m = step_fn(params, opt_state, put(batch_arrays(batches(step))),
+                                           jnp.asarray(step, jnp.int32))
+            pending.append((step + 1, m))
+            done = step + 1
+            if t_mark is None:  # exclude compilation from the throughput
+                jax.block_until_ready(m)
+                t_mark = time.perf_counter()
+            stopping = done == stop_at
+            flush = (done % run.log_every == 0 or done % run.eval_every == 0 or done % run.ckpt_every == 0
+                     or done == run.steps or stopping)
+            if not flush:
+                continue
+            fetched = jax.device_get([mm for _, mm in pending])
+            now = time.perf_counter()
+            n_timed = sum(1 for s, _ in pending if s > start + 1)
+            timed_tokens += n_timed * run.tokens_per_step
+            timed_seconds += now - t_mark
+            t_mark = now
+            for (s, _), mm in zip(pending, fetched):
+                if not math.isfinite(float(mm["loss"])):
+                    where = f"{ckpt_path} (step {last_good})" if last_good is not None else "none written yet"
+                    raise NonFiniteLossError(f"loss is {float(mm['loss'])} at step {s} of run {run_dir}; "
+                                             f"training stopped; last good checkpoint: {where}")
+            tok_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+            rec = {"step": done, "loss": float(np.mean([mm["loss"] for mm in fetched])),
+                   "grad_norm": float(fetched[-1]["grad_norm"]), "lr": float(fetched[-1]["lr"]),
+                   "tokens": done * run.tokens_per_step, "tokens_per_s": tok_s}
+            pending.clear()
+            if done % run.eval_every == 0 or done == run.steps:
+                val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
+                rec |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+                t_mark = time.perf_counter()  # evaluation time is not training throughput
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            if done % run.ckpt_every == 0 or done == run.steps or stopping:
+                save_ckpt(done, prior_seconds + timed_seconds)
+                last_good = done
+                t_mark = time.perf_counter()
+            if bar is not None:
+                bar.update(done - bar.n)
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                return {"stopped_at": done, "run_dir": str(run_dir)}
+    if bar is not None:
+        bar.close()
+    if val_loss is None:  # resumed from a checkpoint taken at the last step
+        val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
+
+    tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+    fpt = flops_per_token(cfg, run.seq_len)
+    peak = measure_matmul_peak(cfg.matmul_dtype)
+    summary = {
+        "run": run.short_hash(), "preset": run.preset, "steps": run.steps,
+        "final_val_loss": val_loss, "final_val_ppl": math.exp(min(val_loss, 50.0)),
+        "unigram_entropy": unigram_entropy(np.asarray(data.train.stream)),
+        "tokens_seen": run.steps * run.tokens_per_step, "tokens_per_s": tokens_per_s,
+        "flops_per_token": fpt, "matmul_peak_flops": peak, "mfu": tokens_per_s * fpt / (peak * n_dev),
+        "train_seconds": prior_seconds + timed_seconds, "wall_seconds": time.perf_counter() - wall_start,
+        "resumed_from": start or None, "corpus": data.corpus.source,
+        "corpus_fingerprint": data.corpus.fingerprint,
+        "tokenizer_path": str(data.tokenizer.path) if data.tokenizer.path else None,
+        "tokenizer_fingerprint": data.tokenizer.fingerprint, "git_sha": git_sha(),
+        "params": arch.count_params(cfg), "device_kind": jax.devices()[0].device_kind,
+        "num_devices": n_dev, "mesh": None if mesh is None else dict(mesh.shape),
+        "model_config": cfg.to_dict(),
+    }
+    if jax.process_index() == 0:
+        _write_json(summary_path, summary)
+    return summary
+
+
+def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]:
+    """``(model, tokenizer, run)`` from a run directory's final checkpoint, for evals and notebooks."""
+    run_dir = Path(run_dir)
+    run = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    summary_path = run_dir / "summary.json"
+    tok_path = run.tokenizer
+    if tok_path is None and summary_path.exists():
+        tok_path = json.loads(summary_path.read_text()).get("tokenizer_path")
+    if tok_path is not None and Path(tok_path).exists():
+        tok = load_tokenizer(tok_path)
+    else:
+        tok = get_tokenizer(load_corpus(run.data), vocab_size=run.vocab_size)
+    cfg = run.model_config(tok.vocab_size)
+    abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
+    is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
+    like, static = eqx.partition(abstract, is_param)
+    leaves, _ = checkpoint.read(run_dir / checkpoint.CKPT_NAME)
+    n = len(jax.tree_util.tree_leaves(like))  # params come first in the (params, opt_state) tuple
+    treedef = jax.tree_util.tree_structure(like)
+    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves[:n]])
+    return eqx.combine(params, static), tok, run
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[int, int], bool]:
+    """``(run, out_dir, (data_parallel, fsdp), progress)`` from the command line."""
+    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="small_gemma3")
+    p.add_argument("--override", action="append", default=[], metavar="K=V",
+                   help="ModelConfig override, value parsed as a Python literal (else a string)")
+    p.add_argument("--data", help="text folder/files, .jsonl or .parquet (default: the stdlib corpus)")
+    p.add_argument("--tokenizer", help="an existing SentencePiece .model (default: train one)")
+    p.add_argument("--vocab-size", type=int, dest="vocab_size")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seq", type=int, dest="seq_len")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--matmul-dtype", choices=("float32", "bfloat16"), dest="matmul_dtype")
+    p.add_argument("--out", help="run directory (default results/train/<short hash>/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its config.json")
+    p.add_argument("--fsdp", type=int, default=1)
+    p.add_argument("--data-parallel", type=int, default=1, dest="data_parallel")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.resume:
+        if not a.out:
+            p.error("--resume needs --out DIR (a run directory with a config.json)")
+        run = RunConfig.from_dict(json.loads((Path(a.out) / "config.json").read_text()))
+    else:
+        overrides = []
+        for item in a.override:
+            key, sep, value = item.partition("=")
+            if not sep:
+                p.error(f"--override {item!r}: expected KEY=VALUE")
+            overrides.append((key.strip(), parse_value(value.strip())))
+        fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed",
+                  "matmul_dtype")
+        kw = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
+        run = RunConfig(preset=a.preset, overrides=tuple(overrides), **kw)
+    out = Path(a.out) if a.out else REPO / "results" / "train" / run.short_hash()
+    return run, out, (a.data_parallel, a.fsdp), not a.no_progress
+
+
+def main(argv: list[str] | None = None) -> dict:
+    run, out, (data_parallel, fsdp), progress = parse_args(argv)
+    shd.maybe_initialize_distributed()
+    mesh = shd.make_mesh(data_parallel, fsdp) if data_parallel * fsdp > 1 else None
+    summary = train(run, out, progress=progress, mesh=mesh)
+    keys = ("final_val_loss", "final_val_ppl", "unigram_entropy", "tokens_per_s", "mfu", "train_seconds")
+    print(json.dumps({"run_dir": str(out), **{k: summary.get(k) for k in keys}}, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

@@ -1,0 +1,152 @@
+"""The train loop: exact resume, summary skip, NaN stop, metrics, load_trained (tiny model, tiny corpus)."""
+
+import json
+import math
+import random
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import checkpoint, losses
+from experiments.runconfig import RunConfig
+from experiments.train import NonFiniteLossError, load_trained, main, parse_args, parse_value, train
+
+WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
+
+
+def write_corpus(folder, n_docs: int = 30, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 9))) for _ in range(40))
+        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny corpus, a private cache root, and a tiny 2-layer (L, G) run on it."""
+    root = tmp_path_factory.mktemp("train")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEMMA_ARCH_LAB_CACHE", str(root / "cache"))
+    run = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")),
+                    data=write_corpus(root / "corpus"), vocab_size=300, matmul_dtype="float32",
+                    steps=6, batch=4, seq_len=32, warmup=2, lr=3e-3, eval_every=3, eval_batches=1,
+                    ckpt_every=3, log_every=1)
+    straight = root / "straight"
+    summary = train(run, straight, progress=False)
+    yield dict(root=root, run=run, straight=straight, summary=summary)
+    mp.undo()
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_and_summary(env):
+    run, d, s = env["run"], env["straight"], env["summary"]
+    assert json.loads((d / "config.json").read_text()) == run.to_dict()
+    m = _metrics(d)
+    assert [r["step"] for r in m] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "tokens_per_s", "grad_norm"} <= set(m[0])
+    assert "val_loss" in m[2] and "val_loss" in m[5] and "val_loss" not in m[0]
+    assert m[-1]["loss"] < m[0]["loss"]  # it learns something in 6 steps
+    assert math.isclose(s["final_val_ppl"], math.exp(s["final_val_loss"]), rel_tol=1e-9)
+    assert s["final_val_loss"] == m[-1]["val_loss"]
+    assert s["tokens_seen"] == 6 * 4 * 32
+    assert s["params"]["total"] > 0 and s["tokens_per_s"] > 0 and 0 < s["mfu"] < 1
+    assert s["unigram_entropy"] > 0 and s["corpus_fingerprint"] and s["tokenizer_path"]
+    lrs = [r["lr"] for r in m]  # warmup over 2 steps, then cosine down to min_lr_ratio * lr
+    assert lrs[:3] == pytest.approx([0.0, 1.5e-3, 3e-3]) and lrs[2] > lrs[3] > lrs[4] > lrs[5] > 3e-4
+
+
+def test_summary_skips_rerun(env):
+    d = env["straight"]
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    assert train(env["run"], d, progress=False) == env["summary"]
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before
+
+
+def test_resume_is_bitwise_exact(env):
+    d = env["root"] / "resumed"
+    out = train(env["run"], d, progress=False, stop_at=2)
+    assert out["stopped_at"] == 2 and not (d / "summary.json").exists()
+    assert checkpoint.read(d / checkpoint.CKPT_NAME)[1]["step"] == 2
+    s = train(env["run"], d, progress=False)
+    assert s["resumed_from"] == 2
+    a, _ = checkpoint.read(env["straight"] / checkpoint.CKPT_NAME)
+    b, _ = checkpoint.read(d / checkpoint.CKPT_NAME)
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert [r["loss"] for r in _metrics(d)] == [r["loss"] for r in _metrics(env["straight"])]
+    assert s["final_val_loss"] == env["summary"]["final_val_loss"]
+
+
+def test_different_config_in_same_dir_is_refused(env):
+    d = env["root"] / "copy"
+    shutil.copytree(env["straight"], d, dirs_exist_ok=True)
+    (d / "summary.json").unlink()
+    with pytest.raises(ValueError, match="different run"):
+        train(env["run"].replace(seed=1), d, progress=False)
+
+
+def test_corrupted_checkpoint_stops_training_naming_the_file(env):
+    d = env["root"] / "corrupt"
+    train(env["run"], d, progress=False, stop_at=3)
+    path = d / checkpoint.CKPT_NAME
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match=str(path)):
+        train(env["run"], d, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(env):
+    # lr 1e30 from step 1 on: the first loss is finite, then the weights blow up within a few steps.
+    run = env["run"].replace(lr=1e30, warmup=0, ckpt_every=1)
+    d = env["root"] / "nan"
+    with pytest.raises(NonFiniteLossError) as err:
+        train(run, d, progress=False)
+    m = re.search(r"loss is (\S+) at step (\d+) .*last good checkpoint: (\S+) \(step (\d+)\)", str(err.value))
+    assert m, str(err.value)
+    bad, good = int(m.group(2)), int(m.group(4))
+    assert 2 <= bad < run.steps and good == bad - 1 and m.group(3) == str(d / checkpoint.CKPT_NAME)
+    assert not math.isfinite(float(m.group(1)))
+    leaves, meta = checkpoint.read(d / checkpoint.CKPT_NAME)  # intact and readable
+    assert meta["step"] == good and len(leaves) > 10
+    logged = _metrics(d)
+    assert [r["step"] for r in logged] == list(range(1, good + 1))
+    assert all(math.isfinite(r["loss"]) for r in logged)
+    assert not (d / "summary.json").exists()
+
+
+def test_nan_from_a_registered_loss_names_step_one(env, monkeypatch):
+    monkeypatch.setitem(losses.LOSSES, "always_nan", lambda logits, targets, mask: logits.sum() * np.nan)
+    run = env["run"].replace(loss="always_nan", steps=2, warmup=0)
+    with pytest.raises(NonFiniteLossError, match="at step 1 .*none written yet"):
+        train(run, env["root"] / "nan2", progress=False)
+
+
+def test_load_trained_reproduces_validation_loss(env):
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    model, tok, run = load_trained(env["straight"])
+    assert run == env["run"] and tok.vocab_size == 300
+    ids = jnp.asarray(tok.encode("def value(self):\n    return data\n")[:16], jnp.int32)
+    logits = eqx.filter_jit(model)(ids)
+    assert logits.shape == (ids.shape[0], 300) and bool(jnp.isfinite(logits).all())
+
+
+def test_cli_builds_the_run_and_resume_reads_config(env):
+    assert parse_value("64") == 64 and parse_value("None") is None and parse_value("LG") == "LG"
+    argv = ["--preset", "tiny_gemma3", "--override", "num_layers=2", "--override", "pattern=LG",
+            "--steps", "7", "--seq", "32", "--lr", "1e-3", "--fsdp", "2"]
+    run, out, mesh, progress = parse_args(argv)
+    assert run == RunConfig(preset="tiny_gemma3", overrides=(("pattern", "LG"), ("num_layers", 2)),
+                            steps=7, seq_len=32, lr=1e-3)
+    assert out.name == run.short_hash() and out.parent.name == "train" and mesh == (1, 2) and progress
+    summary = main(["--resume", "--out", str(env["straight"]), "--no-progress"])
+    assert summary == env["summary"]
