@@ -1,5 +1,6 @@
 """What a model IS: one config, presets, Equinox modules, caches, parameter counts."""
 
+from arch import memory as memory  # bytes of weights and caches (arch.memory)
 from arch.cache import Cache, init_cache
 from arch.config import ModelConfig, ratio
 from arch.embedding import EmbeddingModel
