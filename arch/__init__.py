@@ -9,6 +9,7 @@ from arch.masks import visible
 from arch.model import LM
 from arch.params import count_params
 from arch.presets import PRESETS, preset
+from arch.reconfigure import reconfigure as reconfigure  # same weights, new config (arch.reconfigure)
 
 __all__ = [
     "LM",
