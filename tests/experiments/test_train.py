@@ -150,3 +150,26 @@ def test_cli_builds_the_run_and_resume_reads_config(env):
     assert out.name == run.short_hash() and out.parent.name == "train" and mesh == (1, 2) and progress
     summary = main(["--resume", "--out", str(env["straight"]), "--no-progress"])
     assert summary == env["summary"]
+
+
+def test_runconfig_hash_roundtrip_and_overrides():
+    import subprocess
+    import sys
+
+    a = RunConfig(preset="tiny_gemma3", overrides=(("window", 4), ("num_layers", 2)))
+    b = RunConfig(preset="tiny_gemma3", overrides=[["num_layers", 2], ["window", 4]])
+    assert a == b and hash(a) == hash(b) and a.short_hash() == b.short_hash()
+    assert len(a.short_hash()) == 10 and a.short_hash() != a.replace(seed=1).short_hash()
+    assert RunConfig.from_dict(a.to_dict()) == a
+    assert RunConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    assert a.with_model(window=8).model_config().window == 8
+    assert a.model_config(vocab_size=300).vocab_size == 300 and a.model_config().num_layers == 2
+    assert a.model_config().matmul_dtype == a.matmul_dtype
+    code = ("from experiments.runconfig import RunConfig; print(RunConfig(preset='tiny_gemma3', "
+            "overrides=(('window', 4), ('num_layers', 2))).short_hash())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == a.short_hash()  # stable across processes (no hash randomisation)
+    with pytest.raises(ValueError, match="ModelConfig field"):
+        RunConfig(preset="tiny_gemma3", overrides=(("widht", 3),))
+    with pytest.raises(ValueError, match="unknown; known"):
+        RunConfig(preset="nope")
