@@ -7,8 +7,6 @@ as the Triton lowering requires.
 
 import dataclasses
 
-import jax
-
 from kernels._platform import backend
 
 
@@ -79,7 +77,7 @@ class ScanBlocks:
 
 def compiler_params(interpret: bool, *, num_warps: int, num_stages: int):
     """Triton parameters on GPU (a plain ``pallas_call`` would pick Mosaic GPU); ``None`` elsewhere."""
-    if interpret or jax.default_backend() != "gpu":
+    if interpret or backend() != "gpu":
         return None
     from jax.experimental.pallas import triton as plt
 

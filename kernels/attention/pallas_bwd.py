@@ -103,7 +103,7 @@ def flash_backward(q, k, v, seg, o, lse, do, *, t, window, causal, softcap, scal
     seg_args = [] if seg is None else [seg[:, None], seg[None, :]]
 
     row = lambda b: pl.BlockSpec((None, b, e), lambda n, i: (n, i, 0))  # noqa: E731
-    full_kv = pl.BlockSpec((None, tp, e), lambda n, i: (n // g, 0, 0))
+    full_kv = pl.BlockSpec((None, tp, e), lambda n, i: (lax.div(n, g), 0, 0))
     col = pl.BlockSpec((None, bq, 1), lambda n, i: (n, i, 0))
     seg_specs = [pl.BlockSpec((bq, 1), lambda n, i: (i, 0)), pl.BlockSpec((1, tp), lambda n, i: (0, 0))]
     dq = pl.pallas_call(

@@ -72,10 +72,11 @@ def flash_forward(q, k, v, seg, *, t, window, causal, softcap, scale, blocks, in
         _fwd_kernel, scale=scale, softcap=softcap, window=window, causal=causal, t=t, block_k=bk,
         has_seg=seg is not None,
     )
+    # lax.div, not //: floor division lowers through sign, which Mosaic resolves per TPU generation.
     in_specs = [
         pl.BlockSpec((None, bq, e), lambda n, i: (n, i, 0)),
-        pl.BlockSpec((None, tp, e), lambda n, i: (n // g, 0, 0)),
-        pl.BlockSpec((None, tp, e), lambda n, i: (n // g, 0, 0)),
+        pl.BlockSpec((None, tp, e), lambda n, i: (lax.div(n, g), 0, 0)),
+        pl.BlockSpec((None, tp, e), lambda n, i: (lax.div(n, g), 0, 0)),
     ]
     args = [q, k, v]
     if seg is not None:
