@@ -157,7 +157,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         rope = dict(rope_base_global=theta, rope_base_local=theta)
     else:
         rope = _gemma3_rope(hf)
-    window = hf.get("sliding_window")
+    window = hf.get("sliding_window", 4096)  # the transformers class default when the key is absent
     if window is None and "sliding_attention" in types:
         raise ValueError("Hugging Face config has sliding_attention layers but sliding_window=None")
     return ModelConfig(
