@@ -32,7 +32,7 @@ from arch.hf_layouts import LAYOUTS, architecture, config_from_hf, config_to_hf,
 from arch.model import LM
 from arch.params import abstract_model
 
-__all__ = ["config_from_hf", "config_to_hf", "from_hf", "to_hf", "with_config"]
+__all__ = ["config_from_hf", "config_to_hf", "from_hf", "to_hf"]
 
 Sharding = jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding.Sharding | None] | None
 INDEX = "model.safetensors.index.json"
@@ -290,21 +290,3 @@ def _write_sentence_transformers(model: EmbeddingModel, folder: Path, *, dtype, 
 
 
 # ------------------------------------------------------------------------------------------ reconfigure
-
-
-def with_config(model: LM | EmbeddingModel, cfg: ModelConfig) -> LM | EmbeddingModel:
-    """The same weights under another config whose parameter tree is identical (window, RoPE bases or
-    scaling, soft-caps, query scale, impls: e.g. an inference-time window ablation). Changing a shape
-    or the layer structure is an error naming the leaves that differ."""
-    if isinstance(model, EmbeddingModel):
-        return eqx.tree_at(lambda m: m.trunk, model, with_config(model.trunk, cfg))
-    old, _ = _flat(model)
-    new, treedef = _flat(abstract_model(cfg))
-    old_shapes = {p: tuple(x.shape) for p, x in old}
-    new_shapes = {p: tuple(x.shape) for p, x in new}
-    if old_shapes != new_shapes or [p for p, _ in old] != [p for p, _ in new]:
-        diff = sorted(f"{p}: {old_shapes.get(p)} -> {new_shapes.get(p)}"
-                      for p in set(old_shapes) | set(new_shapes) if old_shapes.get(p) != new_shapes.get(p))
-        raise ValueError("with_config: the new config changes the parameter tree: "
-                         + "; ".join(diff or ["leaf order"]))
-    return jax.tree_util.tree_unflatten(treedef, [x for _, x in old])

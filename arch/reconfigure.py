@@ -8,6 +8,7 @@ tree. Changes that alter shapes (an ``L`` layer turned ``R``, a new width) canno
 raise ValueError naming the layers and fields that differ.
 """
 
+import equinox as eqx
 import jax
 
 from arch.model import LM
@@ -56,8 +57,11 @@ def reconfigure(model: LM, **overrides) -> LM:
 
     The new module tree is built abstractly (nothing allocated) and the old array leaves are moved
     into it in order; static fields (windows, RoPE bases and scales, kernel choices) come from the new
-    config. Leaf dtypes are kept as they are in ``model``.
+    config. Leaf dtypes are kept as they are in ``model``. A model with a ``trunk`` (an
+    ``EmbeddingModel``) gets its trunk reconfigured and keeps its head.
     """
+    if hasattr(model, "trunk"):
+        return eqx.tree_at(lambda m: m.trunk, model, reconfigure(model.trunk, **overrides))
     cfg_new = model.cfg.replace(**overrides)
     target = abstract_model(cfg_new)
     diffs = _differences(model, target, model.cfg, cfg_new)

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
 import arch  # noqa: E402
-from arch.hf import config_from_hf, config_to_hf, from_hf, to_hf, with_config  # noqa: E402
+from arch.hf import config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
 from arch.hf_layouts import pattern_of  # noqa: E402
 
 pytestmark = pytest.mark.hf
@@ -137,18 +137,18 @@ def test_dtype_and_sharding(saved):
         np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(b))
 
 
-def test_with_config_window_ablation(saved):
+def test_reconfigure_window_ablation_matches_transformers(saved):
     family, hf, path = saved
     ours = from_hf(path)
-    wide = with_config(ours, ours.cfg.replace(window=64))
+    wide = arch.reconfigure(ours, window=64)
     assert wide.cfg.window == 64 and wide.embed is ours.embed
     key = "attention_window_size" if family == "recurrent_gemma" else "sliding_window"
     theirs = tf.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **{key: 64}).eval()
     toks = tokens()
     assert rel_err(wide(jnp.asarray(toks)), hf_logits(theirs, toks)) < 1e-4
     assert rel_err(ours(jnp.asarray(toks)), hf_logits(theirs, toks)) > 1e-3  # the window mattered
-    with pytest.raises(ValueError, match="changes the parameter tree"):
-        with_config(ours, ours.cfg.replace(mlp_width=ours.cfg.mlp_width + 2))
+    with pytest.raises(ValueError, match="changes parameter shapes"):
+        arch.reconfigure(ours, mlp_width=ours.cfg.mlp_width + 2)
 
 
 # ----------------------------------------------------------------------------------- config mapping

@@ -100,7 +100,7 @@ def test_embeddinggemma_matches_sentence_transformers(st_folder):
     assert rel_err(got, ref) < 1e-4
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, rtol=1e-6)
     # the window matters at this length: HF's radius 8 // 2 + 1 = 5, not 8
-    wide = ours_embed(arch.hf.with_config(ours, ours.cfg.replace(window=16)), ids, mask)
+    wide = ours_embed(arch.reconfigure(ours, window=16), ids, mask)
     assert rel_err(wide, ref) > 1e-3
     # no mask == all-ones mask
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids[0]))), got[0], rtol=1e-6, atol=1e-7)
