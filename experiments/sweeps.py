@@ -20,13 +20,14 @@ from arch.config import ratio
 from experiments.runconfig import RunConfig
 from experiments.sweep import Run, register
 
-# One base model per scale. quick: seconds per run (CI, notebooks); default: minutes per run on a
-# 2-core CPU; full: a GPU/TPU at ~100M parameters. All use 8 layers so 7:1 differs from local-only.
+# One base model per scale. quick: seconds per run (CI, notebooks; 6 layers and a subset of each sweep);
+# default: minutes per run on a 2-core CPU; full: a GPU/TPU at ~100M parameters. default and full use
+# 8+ layers so that 7:1 differs from local-only.
 BASES: dict[str, RunConfig] = {
     "quick": RunConfig(
         preset="tiny_gemma3", vocab_size=512, steps=6, batch=4, seq_len=64, warmup=2, lr=3e-3,
         eval_every=6, eval_batches=1, ckpt_every=6, log_every=2,
-        overrides=(("num_layers", 8), ("width", 32), ("num_heads", 2), ("num_kv_heads", 1),
+        overrides=(("num_layers", 6), ("width", 32), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 16), ("mlp_width", 64), ("window", 16))),
     "default": RunConfig(
         preset="small_gemma3", vocab_size=8192, steps=250, batch=16, seq_len=256, warmup=25, lr=3e-3,
@@ -141,8 +142,9 @@ def inference_window(scale: str) -> list[Run]:
 def gqa(scale: str) -> list[Run]:
     heads = 4
     b = base(scale).with_model(num_heads=heads, head_dim=dict(base(scale).overrides)["head_dim"] // 2)
+    items = (("MHA", heads), ("GQA", heads // 2), ("MQA", 1))
     return [run(scale, f"{name} ({kv} kv)", b.with_model(num_kv_heads=kv), tags=(("kv_heads", kv),))
-            for name, kv in (("MHA", heads), ("GQA", heads // 2), ("MQA", 1))]
+            for name, kv in (items if scale != "quick" else items[::2])]
 
 
 @register("depth_width", "Gemma 2 Table 9 (deep vs wide, equal parameters)", plot="bar")
@@ -177,7 +179,8 @@ def long_context(scale: str) -> list[Run]:
     t = b.seq_len
     factors = (2, 4) if scale == "quick" else (2, 4, 8)
     runs = []
-    for arch_label, pattern in (("5:1", ratio(L=5, G=1)), ("global-only", "G")):
+    archs = (("5:1", ratio(L=5, G=1)), ("global-only", "G"))
+    for arch_label, pattern in archs if scale != "quick" else archs[:1]:
         for rope in (10_000.0, 1_000_000.0):
             trained = b.with_model(pattern=pattern, rope_base_global=rope)
             tags = (("arch", arch_label), ("rope_base_global", rope))
@@ -190,3 +193,4 @@ def long_context(scale: str) -> list[Run]:
                                     eval_overrides=ov, eval_seq_len=f * t,
                                     tags=(*tags, ("eval_len", f * t), ("rescale", rescale))))
     return runs
+import experiments.embed.sweep  # noqa: F401  (registers the `embedding` sweep)
