@@ -94,29 +94,34 @@ class Attention(AbstractMixer):
         return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), pos=empty)
 
     def step(self, x: Hidden, positions: Positions, cache: KVCache) -> tuple[Hidden, KVCache]:
-        """Attend the chunk's queries over the cache plus the chunk itself, then write the chunk in.
+        """Prefill a chunk or decode a token against the cache.
 
-        Attending before writing keeps every key a query may see even when the chunk is longer than
-        a local layer's ring buffer (a prefill chunk that wraps it).
+        When writing the chunk first cannot evict a key that one of its queries still sees (a global
+        layer, whose slot is the position; or a single token, which evicts position p - window), the
+        chunk is written and the queries attend over the cache alone: no copy of the cache per step.
+        A longer chunk on a ring buffer attends over cache + chunk before writing, so early queries
+        keep the keys that later tokens of the same chunk overwrite.
         """
         if not self.causal:
             raise ValueError("a bidirectional (causal=False) model has no decode step: it is an encoder")
         t = x.shape[0]
         q, k, v = self._qkv(x, positions)
-        keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
-        values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
-        k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
-        out = kernels.attention_reference(
-            q, keys.astype(q.dtype), values.astype(q.dtype), window=self.window, causal=True,
-            softcap=self.softcap, scale=self.scale, q_pos=positions, k_pos=k_pos,
-        )
         size = cache.pos.shape[0]
         keep = min(t, size)  # only the newest `size` positions of the chunk survive in the buffer
         slots = positions[-keep:] % size if self.window is not None else positions[-keep:]
-        cache = KVCache(
+        written = KVCache(
             k=cache.k.at[slots].set(k[-keep:].astype(cache.k.dtype), mode="drop"),
             v=cache.v.at[slots].set(v[-keep:].astype(cache.v.dtype), mode="drop"),
             pos=cache.pos.at[slots].set(positions[-keep:].astype(jnp.int32), mode="drop"),
         )
-        return self.o_proj(out.reshape(t, -1)), cache
-
+        if self.window is None or t == 1:
+            keys, values, k_pos = written.k, written.v, written.pos
+        else:
+            keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
+            values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
+            k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
+        out = kernels.attention_reference(
+            q, keys.astype(q.dtype), values.astype(q.dtype), window=self.window, causal=True,
+            softcap=self.softcap, scale=self.scale, q_pos=positions, k_pos=k_pos,
+        )
+        return self.o_proj(out.reshape(t, -1)), written

@@ -15,17 +15,23 @@ def softcap_logits(logits: Array, softcap: float | None) -> Array:
     return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
 
 
-def masked_softmax_combine(
-    logits: Float[Array, "... q s"], mask: Array, v: Float[Array, "... s e"]
-) -> Float[Array, "... q e"]:
-    """softmax(logits | mask) @ v in f32; a row with no visible key gives zeros, not NaN."""
+def masked_softmax_weights(logits: Float[Array, "... q s"], mask: Array) -> tuple[Array, Array]:
+    """Unnormalised softmax weights under ``mask`` and their row sums (1 where a row sees nothing,
+    so that row comes out as zeros, not NaN)."""
     logits = jnp.where(mask, logits, -jnp.inf)
     m = jnp.max(logits, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(logits - m)
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum("...qs,...se->...qe", p, v.astype(jnp.float32))
-    return out / jnp.where(denom > 0, denom, 1.0)
+    return p, jnp.where(denom > 0, denom, 1.0)
+
+
+def masked_softmax_combine(
+    logits: Float[Array, "... q s"], mask: Array, v: Float[Array, "... s e"]
+) -> Float[Array, "... q e"]:
+    """softmax(logits | mask) @ v in f32; a row with no visible key gives zeros, not NaN."""
+    p, denom = masked_softmax_weights(logits, mask)
+    return jnp.einsum("...qs,...se->...qe", p, v.astype(jnp.float32)) / denom
 
 
 def attention_reference(
@@ -57,9 +63,10 @@ def attention_reference(
         mask &= segment_ids[:, None] == segment_ids[None, :]
     qg = q.reshape(t, nkv, h // nkv, e)
     logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
-    logits = softcap_logits(logits, softcap)
-    out = masked_softmax_combine(logits, mask, v.transpose(1, 0, 2)[:, None])  # [k, g, t, e]
-    return out.transpose(2, 0, 1, 3).reshape(t, h, e).astype(q.dtype)
+    p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
+    # contract straight from v's [s, k, e] layout: no transposed copy of a (possibly long) cache
+    out = jnp.einsum("kgts,ske->tkge", p, v.astype(jnp.float32)) / denom.transpose(2, 0, 1, 3)
+    return out.reshape(t, h, e).astype(q.dtype)
 
 
 def attention_reference_jaxnn(q, k, v, *, window=None, scale=None):
