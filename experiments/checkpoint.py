@@ -99,3 +99,12 @@ def restore(path: str | Path, like: Any) -> tuple[Any, dict]:
         sharding = getattr(want, "sharding", None)
         out.append(jax.device_put(got, sharding) if sharding is not None else jax.numpy.asarray(got))
     return jax.tree_util.tree_unflatten(treedef, out), meta
+
+
+def restore_prefix(path: str | Path, like: Any) -> Any:
+    """The first leaves of a checkpoint loaded into ``like`` (e.g. the params of ``(params, opt_state)``)."""
+    leaves, _ = read(path)
+    ref, treedef = jax.tree_util.tree_flatten(like)
+    if len(leaves) < len(ref) or any(a.shape != tuple(b.shape) for a, b in zip(leaves, ref)):
+        raise CheckpointError(f"checkpoint {path}: does not start with the {len(ref)} arrays expected")
+    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in leaves[: len(ref)]])

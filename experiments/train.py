@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 import arch
 from experiments import checkpoint
@@ -102,15 +103,38 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
     wants_key = "key" in inspect.signature(loss_fn).parameters
     schedule = run.schedule()
 
+    def loss_sum(params, batch, extra):
+        mean, count = batch_loss(params, static, batch, loss_fn, extra, run.doc_mask)
+        return mean * count, count
+
+    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+    def grads(params, batch, extra):
+        """Gradient of the token-mean loss, over the whole batch or summed over micro-steps."""
+        b = batch["inputs"].shape[0]
+        if mesh is not None or not run.microbatch or run.microbatch >= b:
+            (total, count), g = grad_fn(params, batch, extra)
+        else:
+            micro = jax.tree_util.tree_map(lambda x: x.reshape(b // run.microbatch, run.microbatch,
+                                                               *x.shape[1:]), batch)
+
+            def body(carry, mb):
+                (s, c), g = grad_fn(params, mb, extra)
+                return jax.tree_util.tree_map(jnp.add, carry, (s, c, g)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
+            (total, count), g = (lambda t: ((t[0], t[1]), t[2]))(jax.lax.scan(body, zeros, micro)[0])
+        inv = 1.0 / jnp.maximum(count, 1.0)
+        return total * inv, jax.tree_util.tree_map(lambda x: x * inv, g)
+
     def step(params, opt_state, batch, step):
         extra = dict(kw)
         if wants_key:  # randomness is a pure function of (seed, step): exact resume
             extra["key"] = jax.random.fold_in(jax.random.key(run.seed), step)
-        (loss, _), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-            params, static, batch, loss_fn, extra, run.doc_mask)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        loss, g = grads(params, batch, extra)
+        updates, opt_state = optimizer.update(g, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(g), "lr": schedule(step)}
 
     if mesh is None:
         return jax.jit(step, donate_argnums=(0, 1))
@@ -209,11 +233,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
 
     batches = data.batches(run.batch, run.seed)
     val = data.validation_set(run.eval_batches * run.batch)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=run.steps, initial=start, desc=f"train {run.preset}", unit="step")
+    bar = tqdm(total=run.steps, initial=start, desc=f"train {run.preset}", unit="step", disable=not progress)
 
     def save_ckpt(step: int, seconds: float) -> None:
         meta = {"step": step, "data_position": step, "seed": run.seed, "train_seconds": seconds,
@@ -259,20 +279,16 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
                 t_mark = time.perf_counter()  # evaluation time is not training throughput
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             if done % run.ckpt_every == 0 or done == run.steps or stopping:
                 save_ckpt(done, prior_seconds + timed_seconds)
                 last_good = done
                 t_mark = time.perf_counter()
-            if bar is not None:
-                bar.update(done - bar.n)
+            bar.update(done - bar.n)
             if stopping:
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 return {"stopped_at": done, "run_dir": str(run_dir)}
-    if bar is not None:
-        bar.close()
+    bar.close()
     if val_loss is None:  # resumed from a checkpoint taken at the last step
         val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
 
@@ -315,10 +331,7 @@ def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]
     abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
     is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
     like, static = eqx.partition(abstract, is_param)
-    leaves, _ = checkpoint.read(run_dir / checkpoint.CKPT_NAME)
-    n = len(jax.tree_util.tree_leaves(like))  # params come first in the (params, opt_state) tuple
-    treedef = jax.tree_util.tree_structure(like)
-    params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves[:n]])
+    params = checkpoint.restore_prefix(run_dir / checkpoint.CKPT_NAME, like)  # (params, opt_state)
     return eqx.combine(params, static), tok, run
 
 

@@ -173,3 +173,31 @@ def test_runconfig_hash_roundtrip_and_overrides():
         RunConfig(preset="tiny_gemma3", overrides=(("widht", 3),))
     with pytest.raises(ValueError, match="unknown; known"):
         RunConfig(preset="nope")
+
+
+def test_microbatching_matches_whole_batch():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.train import init_params, make_train_step
+
+    base = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")), vocab_size=256,
+                     matmul_dtype="float32", batch=4, seq_len=16, lr=1e-4, warmup=0)
+    toks = np.random.default_rng(0).integers(0, 256, size=(4, 17)).astype(np.int32)
+    seg = np.repeat(np.array([[0] * 10 + [1] * 6]), 4, axis=0).astype(np.int32)
+    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:], "segment_ids": seg}
+    out = {}
+    for micro in (0, 1, 2):
+        run = base.replace(microbatch=micro)
+        params, static = init_params(run.model_config(), 0)
+        opt = run.optimizer()
+        step = make_train_step(static, opt, run)
+        params, _, m = step(params, opt.init(params), batch, jnp.asarray(0, jnp.int32))
+        out[micro] = (float(m["loss"]), float(m["grad_norm"]), jax.tree_util.tree_leaves(params))
+    for micro in (1, 2):
+        assert out[micro][0] == pytest.approx(out[0][0], rel=1e-6)
+        assert out[micro][1] == pytest.approx(out[0][1], rel=1e-5)
+        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(out[micro][2], out[0][2]))
+        assert diff < 1e-6
+    with pytest.raises(ValueError, match="microbatch=3"):
+        base.replace(microbatch=3)
