@@ -42,27 +42,24 @@ def _batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, seq_len + 1)).astype(np.int32)
 
 
-def time_ours(run: RunConfig, steps: int = 5, warmup: int = 2) -> dict:
-    """Seconds per train step (median of ``steps`` after ``warmup``) of the jitted step of train.py."""
+def ours_stepper(run: RunConfig):
+    """A closure running one jitted train step of train.py (blocking), and the step's loss."""
     cfg = run.model_config()
     params, static = init_params(cfg, 0)
     opt = run.optimizer()
-    state = opt.init(params)
+    state = [params, opt.init(params), 0]
     step_fn = make_train_step(static, opt, run)
     toks = _batch(cfg.vocab_size, run.batch, run.seq_len)
     batch = jax.device_put({"inputs": toks[:, :-1], "targets": toks[:, 1:],
                            "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)})
-    t0 = time.perf_counter()
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        params, state, m = step_fn(params, state, batch, jnp.asarray(i, jnp.int32))
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - start)
-        if i == 0:
-            compile_s = time.perf_counter() - t0
-    return {"step_s": statistics.median(times[warmup:]), "compile_s": compile_s,
-            "loss": float(m["loss"])}
+
+    def one() -> float:
+        params, opt_state, i = state
+        params, opt_state, m = step_fn(params, opt_state, batch, jnp.asarray(i, jnp.int32))
+        state[:] = [params, opt_state, i + 1]
+        return float(m["loss"])  # blocks until the step is done
+
+    return one
 
 
 def hf_model(cfg: arch.ModelConfig, attn: str):
@@ -78,8 +75,8 @@ def hf_model(cfg: arch.ModelConfig, attn: str):
     return model.float().train()
 
 
-def time_hf(cfg: arch.ModelConfig, batch: int, seq_len: int, dtype: str, attn: str,
-            steps: int = 5, warmup: int = 2) -> dict:
+def hf_stepper(cfg: arch.ModelConfig, batch: int, seq_len: int, dtype: str, attn: str):
+    """A closure running one torch train step (forward, cross-entropy, backward, clipping, AdamW)."""
     import contextlib
 
     import torch
@@ -89,12 +86,11 @@ def time_hf(cfg: arch.ModelConfig, batch: int, seq_len: int, dtype: str, attn: s
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     toks = torch.from_numpy(_batch(cfg.vocab_size, batch, seq_len).astype(np.int64))
     inputs, labels = toks[:, :-1].contiguous(), toks[:, 1:].contiguous()
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else \
-        contextlib.nullcontext
-    times = []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        with ctx():
+    autocast = dtype == "bfloat16"
+
+    def one() -> float:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with ctx:
             logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                                  labels.reshape(-1))
@@ -102,8 +98,30 @@ def time_hf(cfg: arch.ModelConfig, batch: int, seq_len: int, dtype: str, attn: s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times[warmup:]), "loss": float(loss)}
+        return float(loss.detach())
+
+    return one
+
+
+def time_interleaved(steppers: dict, rounds: int) -> dict:
+    """One warm-up call each, then ``rounds`` rounds calling every stepper once in turn.
+
+    Interleaving exposes every variant to the same background load, and the minimum over rounds is
+    the least disturbed step (noise on a shared machine only ever adds time).
+    """
+    out = {}
+    for name, one in steppers.items():
+        start = time.perf_counter()
+        one()
+        out[name] = {"compile_s": time.perf_counter() - start, "wall": [], "cpu": []}
+    for _ in range(rounds):
+        for name, one in steppers.items():
+            start, c0 = time.perf_counter(), time.process_time()
+            out[name]["loss"] = one()
+            out[name]["wall"].append(time.perf_counter() - start)
+            out[name]["cpu"].append(time.process_time() - c0)
+    return {k: {"step_s": min(v["wall"]), "median_s": statistics.median(v["wall"]), "cpu_s": min(v["cpu"]),
+                "loss": v["loss"], "compile_s": v["compile_s"]} for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -112,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--vs-hf", action="store_true", help="also time Hugging Face transformers (torch CPU)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4, help="timed rounds (minimum) after one warm-up step")
     p.add_argument("--dtype", action="append", choices=("float32", "bfloat16"))
     a = p.parse_args(argv)
     presets = a.preset or list(FAMILIES.values())
@@ -122,33 +140,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         torch.set_num_threads(os.cpu_count() or 1)
     tokens = a.batch * a.seq
+    ncores = os.cpu_count() or 1
     rows = []
 
     def add(preset, impl, dtype, res, cfg):
         tok_s = tokens / res["step_s"]
         mfu = tok_s * flops_per_token(cfg, a.seq) / measure_matmul_peak(dtype)
+        # tokens per CPU-second x cores: what the step would do alone on the machine (a shared
+        # machine inflates wall time; thread spinning inflates CPU time: both are shown).
+        cpu_tok_s = tokens * ncores / res["cpu_s"]
         rows.append(dict(preset=preset, impl=impl, dtype=dtype, step_ms=1e3 * res["step_s"],
-                         tokens_per_s=tok_s, mfu=mfu, loss=res["loss"]))
-        print(f"  {preset:<22}{impl:<12}{dtype:<10}{1e3 * res['step_s']:>9.0f} ms{tok_s:>10,.0f} tok/s"
-              f"{100 * mfu:>7.1f}% MFU", flush=True)
+                         tokens_per_s=tok_s, cpu_tokens_per_s=cpu_tok_s, mfu=mfu, loss=res["loss"]))
+        print(f"  {preset:<22}{impl:<12}{dtype:<10}{1e3 * res['step_s']:>7.0f} ms (median "
+              f"{1e3 * res['median_s']:>6.0f}){tok_s:>9,.0f} tok/s"
+              f"{100 * mfu:>7.1f}% MFU{cpu_tok_s:>10,.0f} tok/CPU-s x cores  loss {res['loss']:.3f}",
+              flush=True)
 
     print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores; B={a.batch} T={a.seq}; "
           f"matmul peak f32 {measure_matmul_peak('float32') / 1e9:.0f} GFLOP/s, "
           f"bf16 {measure_matmul_peak('bfloat16') / 1e9:.0f} GFLOP/s", flush=True)
     for preset in presets:
+        steppers, cfgs = {}, {}
         for dtype in dtypes:
             run = bench_run(preset, dtype, a.batch, a.seq)
-            add(preset, "ours", dtype, time_ours(run, a.steps), run.model_config())
+            steppers[("ours", dtype)], cfgs[("ours", dtype)] = ours_stepper(run), run.model_config()
         if a.vs_hf:
             cfg = bench_run(preset, "float32", a.batch, a.seq).model_config()
             for dtype in dtypes:
                 for attn in ("eager", "sdpa"):
                     try:
-                        res = time_hf(cfg, a.batch, a.seq, dtype, attn, a.steps)
-                    except (ValueError, NotImplementedError, RuntimeError) as e:  # e.g. sdpa unsupported
-                        print(f"  {preset:<22}hf-{attn:<9}{dtype:<10} skipped: {str(e)[:80]}", flush=True)
-                        continue
-                    add(preset, f"hf-{attn}", dtype, res, cfg)
+                        steppers[(f"hf-{attn}", dtype)] = hf_stepper(cfg, a.batch, a.seq, dtype, attn)
+                        cfgs[(f"hf-{attn}", dtype)] = cfg
+                    except (ValueError, NotImplementedError) as e:  # Gemma 2 has no sdpa path
+                        print(f"  {preset:<22}hf-{attn:<9}{dtype:<10} skipped: {str(e)[:70]}", flush=True)
+        for (impl, dtype), res in time_interleaved(steppers, a.steps).items():
+            add(preset, impl, dtype, res, cfgs[(impl, dtype)])
     print(table(rows))
     return rows
 
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """One line per preset: our best and HF's best tokens/s and MFU, and their ratio."""
     lines = [f"{'preset':<22}{'ours best':>22}{'tok/s':>9}{'MFU':>7}{'HF best':>22}{'tok/s':>9}{'MFU':>7}"
-             f"{'ours/HF':>9}"]
+             f"{'ours/HF':>9}{'(CPU-time)':>11}"]
     for preset in dict.fromkeys(r["preset"] for r in rows):
         mine = [r for r in rows if r["preset"] == preset and r["impl"] == "ours"]
         hf = [r for r in rows if r["preset"] == preset and r["impl"] != "ours"]
@@ -166,6 +192,8 @@ def table(rows: list[dict]) -> str:
             h = max(hf, key=lambda r: r["tokens_per_s"])
             line += (f"{h['impl'] + ' ' + h['dtype']:>22}{h['tokens_per_s']:>9,.0f}{100 * h['mfu']:>6.1f}%"
                      f"{best['tokens_per_s'] / h['tokens_per_s']:>8.2f}x")
+            hc = max(r["cpu_tokens_per_s"] for r in hf)
+            line += f"{max(r['cpu_tokens_per_s'] for r in mine) / hc:>10.2f}x"
         lines.append(line)
     return "\n".join(lines)
 
