@@ -193,4 +193,4 @@ def long_context(scale: str) -> list[Run]:
                                     eval_overrides=ov, eval_seq_len=f * t,
                                     tags=(*tags, ("eval_len", f * t), ("rescale", rescale))))
     return runs
-import experiments.embed.sweep  # noqa: F401  (registers the `embedding` sweep)
+import experiments.embed.sweep  # noqa: E402, F401  (registers the `embedding` sweep)

@@ -1,0 +1,139 @@
+"""Initialisations of the embedding trunk (EmbeddingGemma section 2.1 and Table 2).
+
+- ``random``: a fresh bidirectional trunk;
+- ``decoder``: a decoder LM trained by this repository's own loop (:func:`experiments.train.train`,
+  cached under ``<root>/embedding_lm/<hash>/``), its attention switched to bidirectional with
+  ``arch.reconfigure(model, causal=False)`` and its weights copied into the ``EmbeddingModel``;
+- ``encoder``: that decoder adapted with a short bidirectional denoising phase, standing in for the
+  report's UL2 encoder-decoder adaptation (T5Gemma): spans are replaced by a sentinel token and the
+  bidirectional trunk predicts the original tokens there through the tied output layer. The length
+  is kept (one sentinel per masked token) because there is no decoder to emit the spans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import arch
+from arch.embedding import EmbeddingModel, from_lm
+from experiments.runconfig import RunConfig
+
+INITS = ("random", "decoder", "encoder")
+NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's span-corruption defaults
+
+
+def span_mask(rng: np.random.Generator, length: int, density: float = NOISE_DENSITY,
+              mean_span: float = MEAN_SPAN) -> np.ndarray:
+    """A boolean mask over ``length`` tokens with about ``density * length`` positions in spans of
+    geometric length with mean ``mean_span`` (T5 / UL2 "R-denoiser" shape)."""
+    mask = np.zeros(length, bool)
+    target = max(1, int(round(density * length)))
+    while mask.sum() < target:
+        span = min(int(rng.geometric(1.0 / mean_span)), length)
+        start = int(rng.integers(0, length - span + 1))
+        mask[start:start + span] = True
+    return mask
+
+
+def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinel: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(corrupted tokens, mask)`` for a batch ``[B, T]``: masked positions hold ``sentinel``."""
+    mask = np.stack([span_mask(rng, tokens.shape[1]) for _ in range(tokens.shape[0])])
+    return np.where(mask, sentinel, tokens).astype(np.int32), mask
+
+
+def denoising_loss(model: arch.LM, corrupted, original, mask) -> jax.Array:
+    """Cross-entropy of the original tokens at the masked positions (tied output layer)."""
+
+    def one(c, o, m):
+        logits = model(c).astype(jnp.float32)
+        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, o[:, None], -1)[:, 0]
+        return jnp.sum(nll * m), jnp.sum(m)
+
+    s, n = jax.vmap(one)(corrupted, original, mask.astype(jnp.float32))
+    return jnp.sum(s) / jnp.maximum(jnp.sum(n), 1.0)
+
+
+def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: int, lr: float, seed: int,
+                  log=None) -> arch.LM:
+    """The bidirectional denoising phase (see module docstring) on the default corpus' training split."""
+    from experiments.corpus import load_corpus
+    from experiments.data import prepare_data
+
+    model = arch.reconfigure(lm, causal=False) if lm.cfg.causal else lm
+    data = prepare_data(load_corpus(None), tokenizer, seq_len)
+    batches = data.batches(batch, seed + 1)
+    sentinel = tokenizer.unk_id  # byte fallback: <unk> never occurs in real text, a free sentinel
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), max(steps, 2), lr * 0.1)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.1))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, c, o, m):
+        loss, g = jax.value_and_grad(lambda p: denoising_loss(eqx.combine(p, static), c, o, m))(params)
+        upd, state = opt.update(g, state, params)
+        return optax.apply_updates(params, upd), state, loss
+
+    rng = np.random.default_rng(seed)
+    for s in range(steps):
+        original = np.asarray(batches.batch(s).inputs)
+        c, m = corrupt(original, rng, sentinel)
+        params, state, loss = step(params, state, c, original, m)
+        if log is not None and (s % 25 == 0 or s == steps - 1):
+            log({"phase": "denoise", "step": s, "loss": float(loss)})
+    return eqx.combine(params, static)
+
+
+def lm_run(cfg_preset: str, overrides: tuple, *, vocab_size: int, steps: int, batch: int, seq_len: int,
+           lr: float, seed: int) -> RunConfig:
+    """The decoder pretraining run: the embedding trunk's shape, causal, trained as an LM."""
+    over = (*overrides, ("causal", True))
+    return RunConfig(preset=cfg_preset, overrides=over, vocab_size=vocab_size, steps=steps, batch=batch,
+                     seq_len=seq_len, lr=lr, warmup=max(steps // 10, 1), seed=seed, matmul_dtype="float32",
+                     eval_every=steps, eval_batches=2, ckpt_every=steps, log_every=max(steps // 10, 1))
+
+
+def initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[EmbeddingModel, dict]:
+    """The ``EmbeddingModel`` to fine-tune under ``ec.init`` and facts about it for the summary."""
+    cfg = ec.model_config(tokenizer.vocab_size)
+    head = dict(dense_dims=ec.dense_dims(), pooling=ec.pooling)
+    if ec.init == "random":
+        return EmbeddingModel(cfg, key=key, **head), {"init": "random"}
+    if ec.init not in INITS:
+        raise ValueError(f"init={ec.init!r}: must be one of {INITS}")
+    from experiments.train import load_trained, train
+
+    run = lm_run(ec.preset, ec.overrides, vocab_size=ec.vocab_size, steps=ec.lm_steps, batch=ec.lm_batch,
+                 seq_len=ec.lm_seq_len, lr=ec.lm_lr, seed=ec.init_seed)
+    lm_dir = Path(lm_root) / run.short_hash()
+    lm_summary = train(run, lm_dir, progress=False)
+    lm, _, _ = load_trained(lm_dir)
+    info = {"init": ec.init, "lm_run": str(lm_dir), "lm_val_loss": lm_summary.get("final_val_loss")}
+    if ec.init == "encoder":
+        path = lm_dir / f"encoder-{ec.adapt_steps}-{ec.adapt_seq_len}.eqx"
+        enc_like = arch.reconfigure(lm, causal=False)
+        if path.exists():
+            trunk = eqx.tree_deserialise_leaves(path, enc_like)
+        else:
+            trunk = adapt_encoder(lm, tokenizer, steps=ec.adapt_steps, batch=ec.lm_batch,
+                                  seq_len=ec.adapt_seq_len, lr=ec.lm_lr * 0.5, seed=ec.init_seed, log=log)
+            tmp = path.with_name(path.name + ".tmp")
+            eqx.tree_serialise_leaves(tmp, trunk)
+            tmp.replace(path)
+        info["adapt_steps"] = ec.adapt_steps
+        lm = trunk
+    if lm.cfg.replace(causal=False, matmul_dtype=cfg.matmul_dtype) != cfg.replace(causal=False):
+        raise ValueError(f"init={ec.init}: the decoder's config differs from the embedding trunk's: "
+                         f"{json.dumps(lm.cfg.to_dict())} vs {json.dumps(cfg.to_dict())}")
+    model = from_lm(lm, key=key, **head)
+    if model.cfg != cfg:  # e.g. the matmul dtype: same weights, the fine-tuning config
+        model = eqx.tree_at(lambda m: m.trunk, model, arch.reconfigure(model.trunk, **{
+            k: v for k, v in cfg.to_dict().items() if getattr(model.cfg, k) != v}))
+    return model, info

@@ -1,0 +1,123 @@
+"""Tables and figures of the ``embedding`` sweep, from ``collect("embedding")`` only.
+
+``tables(df)`` returns the report-table analogues as DataFrames; ``plot_all(df, figures)`` draws
+quality vs Matryoshka dimension (Tables 6-8) and quality vs bits per weight (Table 1).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
+TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)
+    "baselines (BM25, untrained floor)": ["BM25", "untrained random", "untrained encoder", "base"],
+    "Table 2: initialisation": ["init random", "init decoder", "base"],
+    "Table 3: pooling": ["base", "pooling first", "pooling last", "pooling attention"],
+    "losses: spread-out x distillation": ["base", "no spread-out", "no distillation",
+                                          "no spread-out, no distillation"],
+    "Table 4: souping": ["base", "single mix2", "single mix3", "soup"],
+    "Table 1: quantization": ["base", "base served bfloat16", "base served int8 (PTQ)", "QAT int8",
+                              "base served mixed (PTQ)", "QAT mixed", "base served int4 (PTQ)", "QAT int4"],
+}
+
+
+def dims(df: pd.DataFrame, task: str = "code") -> list[int]:
+    """The Matryoshka dimensions evaluated, largest first."""
+    pattern = rf"evals\.{task}\.d(\d+)\.ndcg@10"
+    found = {int(m.group(1)) for c in df.columns if (m := re.fullmatch(pattern, c))}
+    return sorted(found, reverse=True)
+
+
+def full_dim_column(df: pd.DataFrame, task: str, metric: str, row) -> float:
+    """A row's metric at the largest dimension it has (BM25 has only one 'dimension')."""
+    for d in dims(df, task):
+        v = row.get(f"evals.{task}.d{d}.{metric}")
+        if v is not None and pd.notna(v):
+            return float(v)
+    return float("nan")
+
+
+def summary_table(df: pd.DataFrame, labels: list[str] | None = None) -> pd.DataFrame:
+    """One row per label: code-search metrics at full dimension, topic nDCG@10, bits per weight."""
+    rows = []
+    for _, r in df.iterrows():
+        if labels is not None and r["label"] not in labels:
+            continue
+        row = {"label": r["label"]}
+        for m in METRICS:
+            row[f"code {m}"] = full_dim_column(df, "code", m, r)
+        row["topic ndcg@10"] = full_dim_column(df, "topic", "ndcg@10", r)
+        if "bits_per_weight" in r and pd.notna(r.get("bits_per_weight")):
+            row["bits/weight"] = float(r["bits_per_weight"])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if labels is not None and not out.empty:
+        out = out.set_index("label").loc[[x for x in labels if x in set(out["label"])]].reset_index()
+    return out
+
+
+def dimension_table(df: pd.DataFrame, labels: list[str] | None = None, metric: str = "ndcg@10"
+                    ) -> pd.DataFrame:
+    """Code-search ``metric`` at every Matryoshka prefix (Tables 6-8), one row per run."""
+    ds = dims(df)
+    view = df if labels is None else df[df["label"].isin(labels)]
+    cols = {f"evals.code.d{d}.{metric}": f"d={d}" for d in ds}
+    out = view[["label", *cols]].rename(columns=cols).reset_index(drop=True)
+    return out.dropna(axis=0, how="all", subset=list(cols.values()))
+
+
+def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if df.empty:
+        return {}
+    out = {name: summary_table(df, labels) for name, labels in TABLES.items()}
+    out["Tables 6-8: code nDCG@10 by Matryoshka dimension"] = dimension_table(
+        df, [x for x in df["label"] if not x.startswith("BM25")])
+    return {k: v for k, v in out.items() if not v.empty}
+
+
+def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
+    """``figures/embedding_dims.png`` and ``figures/embedding_bits.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures.mkdir(parents=True, exist_ok=True)
+    paths = []
+    ds = dims(df)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in ("base", "no MRL", "init random", "soup", "untrained encoder"):
+        row = df[df["label"] == label]
+        if not row.empty:
+            ax.plot(ds, [row.iloc[0][f"evals.code.d{d}.ndcg@10"] for d in ds], marker="o", label=label)
+    bm25 = df[df["label"] == "BM25"]
+    if not bm25.empty:
+        ax.axhline(full_dim_column(df, "code", "ndcg@10", bm25.iloc[0]), color="k", ls="--", label="BM25")
+    ax.set(xscale="log", xlabel="embedding dimension (Matryoshka prefix)", ylabel="held-out code nDCG@10",
+           title="Quality vs dimension (EmbeddingGemma Tables 6-8)")
+    ax.set_xticks(ds, [str(d) for d in ds])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(figures / "embedding_dims.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    q = summary_table(df, TABLES["Table 1: quantization"])
+    if not q.empty and "bits/weight" in q:
+        for _, r in q.iterrows():
+            qat = r["label"].startswith("QAT")
+            ax.scatter(r["bits/weight"], r["code ndcg@10"], marker="s" if qat else "o",
+                       color="C1" if qat else "C0")
+            ax.annotate(r["label"], (r["bits/weight"], r["code ndcg@10"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="bits per weight (codes + scales)", ylabel="held-out code nDCG@10",
+           title="Quality vs bits (EmbeddingGemma Table 1; squares: QAT)")
+    fig.tight_layout()
+    paths.append(figures / "embedding_bits.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,284 @@
+"""The ``embedding`` sweep: EmbeddingGemma's ablations at lab scale (report Tables 1-4 and 6-8).
+
+    python -m experiments.embed.sweep [--scale quick|default|full] [--out results] [--figures DIR] [--dry-run]
+
+Points, one factor at a time around a base recipe (encoder init, mean pooling, spread-out and, when a
+teacher is found, distillation on, MRL on, mixture 1), plus:
+
+- Table 2 init: random / decoder-only / encoder (denoising-adapted decoder);
+- Table 3 pooling: mean / first / last / attention;
+- losses: spread-out on/off x distillation on/off;
+- Tables 6-8 MRL: every run is evaluated at every prefix; MRL training on vs off;
+- Table 4 souping: three mixtures (code/topic weights and seeds) and their uniform parameter average;
+- Table 1 quantization: the base served in bf16 and post-training quantized, and QAT int8 / int4 /
+  mixed runs served quantized;
+- baselines: BM25 and the untrained models (the floor).
+
+The generic runner (``python -m experiments.sweep``) executes LM ``RunConfig``s only; the points are
+registered there (so ``expand``/``status``/``collect`` and ``--dry-run`` work) and executed here.
+Every point writes ``results/embedding/<key>/`` with ``config.json`` and ``summary.json`` (``label``,
+``tags``, ``evals``), so ``experiments.collect.collect("embedding")`` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from experiments.embed.train import EmbedConfig
+from experiments.sweep import DEFAULT_OUT, Run, register, write_json
+
+SWEEP = "embedding"
+QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0"  # compile in ~3 s instead of ~11 s
+MIXTURES = {"mix1": ((("code", 0.9), ("topic", 0.1)), 0), "mix2": ((("code", 0.7), ("topic", 0.3)), 1),
+            "mix3": ((("code", 1.0), ("topic", 0.0)), 2)}  # name -> (weights, seed)
+
+_TRUNK = dict(num_heads=2, num_kv_heads=1, pattern="LLLLLG")
+BASES: dict[str, EmbedConfig] = {
+    # seconds per run on 2 cores: CI and the notebook
+    "quick": EmbedConfig(
+        preset="tiny_embeddinggemma", vocab_size=512, overrides=tuple({
+            **_TRUNK, "num_layers": 2, "width": 32, "head_dim": 16, "mlp_width": 64, "window": 16}.items()),
+        dense_mult=2, mrl_dims=(32, 16, 8), q_len=16, p_len=48, max_train_pairs=512, eval_queries=48,
+        eval_docs=160, steps=25, batch=16, lr=3e-3, warmup=3, lm_steps=20, lm_batch=8, lm_seq_len=64,
+        adapt_steps=10, adapt_seq_len=64, teacher="none", log_every=5, init="encoder"),
+    # about a minute per run on 2 cores (the whole sweep: ~15 minutes after the teacher cache)
+    "default": EmbedConfig(
+        preset="small_embeddinggemma", vocab_size=8192, overrides=tuple({
+            **_TRUNK, "num_layers": 4, "width": 128, "head_dim": 64, "mlp_width": 512, "window": 64}.items()),
+        dense_mult=4, mrl_dims=(128, 64, 32, 16), q_len=24, p_len=64, eval_queries=400, eval_docs=1000,
+        steps=150, batch=32, lr=3e-3, warmup=15, lm_steps=300, lm_batch=16, lm_seq_len=128,
+        adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=1.0, init="encoder"),
+    # a GPU: the report's head shape at a larger trunk
+    "full": EmbedConfig(
+        preset="small_embeddinggemma", vocab_size=32768, overrides=tuple({
+            **_TRUNK, "num_layers": 12, "num_heads": 4, "width": 768, "head_dim": 128, "mlp_width": 2048,
+            "window": 256}.items()),
+        mrl_dims=(768, 512, 256, 128), q_len=32, p_len=256, eval_queries=None, eval_docs=None,
+        steps=5000, batch=128, lr=5e-4, warmup=250, lm_steps=20_000, lm_batch=64, lm_seq_len=512,
+        adapt_steps=2000, adapt_seq_len=512, w_distill=1.0, init="encoder"),
+}
+
+
+def config_for(scale: str, **kw) -> EmbedConfig:
+    return BASES[scale].replace(**kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmbedRun(Run):
+    """A point of the embedding sweep. ``config`` is the trained model's ``EmbedConfig`` (for a
+    baseline: the base config, whose data settings it shares)."""
+
+    kind: str = "train"  # train | bm25 | untrained | soup | deploy
+    precision: str | None = None  # deploy: "bfloat16" or a quantization scheme
+    ingredients: tuple[EmbedConfig, ...] = ()  # soup
+
+    @property
+    def is_variant(self) -> bool:
+        return self.kind != "train"
+
+    @property
+    def key(self) -> str:
+        if self.kind == "train":
+            return self.config.short_hash()
+        spec = json.dumps([self.kind, self.config.short_hash(), self.precision,
+                           [c.short_hash() for c in self.ingredients]])
+        return f"{self.kind}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "precision": self.precision, **self.config.to_dict(),
+                "ingredients": [c.short_hash() for c in self.ingredients]}
+
+
+def _tags(scale: str, c: EmbedConfig, **extra) -> tuple[tuple[str, Any], ...]:
+    mix = next((m for m, (w, s) in MIXTURES.items() if w == c.mixture and s == c.seed), "other")
+    tags = dict(scale=scale, init=c.init, pooling=c.pooling, spread_out=c.w_spread > 0,
+                distill=c.w_distill > 0, mrl_train=c.mrl_train, mixture=mix, precision=c.qat or "float32",
+                qat=c.qat is not None, base=False)
+    return tuple((tags | extra).items())
+
+
+def runs(scale: str) -> list[EmbedRun]:
+    b = BASES[scale]
+    quick = scale == "quick"
+    out: list[EmbedRun] = []
+
+    def train(label: str, c: EmbedConfig, **extra):
+        out.append(EmbedRun(label=label, config=c, quick=quick, tags=_tags(scale, c, **extra)))
+        return c
+
+    base = train("base", b, base=True)
+    for init in ("random", "decoder"):
+        train(f"init {init}", b.replace(init=init))
+    for pooling in ("first", "last", "attention") if not quick else ("attention",):
+        train(f"pooling {pooling}", b.replace(pooling=pooling))
+    train("no spread-out", b.replace(w_spread=0.0))
+    if not quick:
+        train("no distillation", b.replace(w_distill=0.0))
+        train("no spread-out, no distillation", b.replace(w_spread=0.0, w_distill=0.0))
+    train("no MRL", b.replace(mrl_train=False))
+    mixes = [base]
+    for name in ("mix2", "mix3") if not quick else ("mix2",):
+        weights, seed = MIXTURES[name]
+        mixes.append(train(f"single {name}", b.replace(mixture=weights, seed=seed)))
+    out.append(EmbedRun(label="soup", kind="soup", config=b, ingredients=tuple(mixes), quick=quick,
+                        tags=_tags(scale, b, mixture="soup")))
+    for precision in ("bfloat16", "int8", "int4", "mixed") if not quick else ("int8",):
+        out.append(EmbedRun(label=f"base served {precision} (PTQ)" if precision != "bfloat16" else
+                            "base served bfloat16", kind="deploy", precision=precision, config=base,
+                            quick=quick, tags=_tags(scale, b, precision=precision, qat=False)))
+    for scheme in ("int8", "int4", "mixed") if not quick else ("int8",):
+        train(f"QAT {scheme}", b.replace(qat=scheme))
+    out.append(EmbedRun(label="BM25", kind="bm25", config=b, quick=quick,
+                        tags=_tags(scale, b, init="none", pooling="none", precision="none")))
+    for init in ("random", "encoder"):
+        out.append(EmbedRun(label=f"untrained {init}", kind="untrained", config=b.replace(init=init),
+                            quick=quick, tags=_tags(scale, b.replace(init=init))))
+    return out
+
+
+register(SWEEP, "EmbeddingGemma Tables 1-4, 6-8 (init, pooling, losses, MRL, souping, quantization)")(runs)
+
+
+def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = True) -> dict:
+    """Run (or reuse) one point and return its summary."""
+    from experiments.embed import train as tr
+    from experiments.embed.data import prepare
+    from experiments.embed.evaluate import evaluate_bm25
+
+    d = sweep_dir / r.key
+    if (d / "summary.json").exists():
+        return json.loads((d / "summary.json").read_text())
+    tags = dict(r.tags)
+    if r.kind == "train":
+        return tr.train_embedding(r.config, d, lm_root=lm_root, label=r.label, tags=tags, progress=progress)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "config.json", r.spec())
+    data = prepare(r.config)
+    extra: dict[str, Any] = {}
+    if r.kind == "bm25":
+        evals = {name: {f"d{r.config.dims()[0]}": evaluate_bm25(task)} for name, (task, _, _) in
+                 data.eval_tasks.items()}
+    else:
+        import jax
+
+        from arch import quant
+
+        if r.kind == "untrained":
+            from experiments.embed.init import initial_model
+
+            model, extra = initial_model(r.config, data.tokenizer, lm_root=lm_root,
+                                         key=jax.random.key(r.config.init_seed))
+        elif r.kind == "soup":
+            from experiments.embed.soup import soup
+
+            dirs = [sweep_dir / c.short_hash() for c in r.ingredients]
+            for c, cd in zip(r.ingredients, dirs):  # ingredients are listed before the soup; if not, train
+                tr.train_embedding(c, cd, lm_root=lm_root, progress=progress)
+            model = soup([tr.load_model(cd)[0] for cd in dirs])
+            extra = {"ingredients": [str(x.name) for x in dirs]}
+        else:
+            trained = sweep_dir / r.config.short_hash()
+            tr.train_embedding(r.config, trained, lm_root=lm_root, progress=progress)
+            model, _ = tr.load_model(trained)
+        evals = tr.evaluate(model, data, r.config.dims(), r.precision)
+        scheme = r.precision if r.precision in quant.SCHEMES else None
+        extra["bits_per_weight"] = quant.bits_per_weight(model, scheme, float_bits=16 if r.precision ==
+                                                         "bfloat16" else 32)
+    summary = {"label": r.label, "tags": tags, "kind": r.kind, "precision": r.precision, "evals": evals,
+               **extra}
+    write_json(d / "summary.json", summary)
+    return summary
+
+
+def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figures: Path | None = None,
+                        dry_run: bool = False, progress: bool = True) -> dict[str, list[str]]:
+    """Execute every point of the sweep at ``scale`` into ``out/embedding/``; plots into ``figures``."""
+    from experiments.sweep import status
+
+    points = runs(scale)
+    sweep_dir = Path(out) / SWEEP
+    if dry_run:
+        for r in points:
+            print(f"  {r.key:<18} {r.kind:<9} {status(r, sweep_dir):<8} {r.label}")
+        return {"done": [], "failed": []}
+    result: dict[str, list[str]] = {"done": [], "failed": []}
+    for i, r in enumerate(points):
+        if progress:
+            print(f"[{i + 1}/{len(points)}] {r.label} ({r.key})", flush=True)
+        try:
+            execute(r, sweep_dir, lm_root=Path(out) / "embedding_lm", progress=progress)
+            result["done"].append(r.key)
+        except Exception as err:  # one failing point must not stop the sweep
+            (sweep_dir / r.key).mkdir(parents=True, exist_ok=True)
+            write_json(sweep_dir / r.key / "error.json", {"label": r.label, "error": f"{type(err).__name__}: "
+                                                          f"{err}", "traceback": traceback.format_exc()})
+            result["failed"].append(r.key)
+            print(f"point {r.key} ({r.label}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+    if figures is not None and result["done"]:
+        from experiments.embed.plots import plot_all
+
+        for path in plot_all(collect_embedding(scale, out=out), Path(figures)):
+            print(f"figure: {path}")
+    return result
+
+
+def collect_embedding(scale: str | None = None, *, out: Path = DEFAULT_OUT):
+    """``experiments.collect.collect("embedding")`` restricted to finished runs of ``scale``."""
+    from experiments.collect import collect
+
+    df = collect(SWEEP, out=out, scale=scale)
+    return df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df
+
+
+def complete(scale: str, out: Path) -> bool:
+    from experiments.sweep import status
+
+    return all(status(r, Path(out) / SWEEP) == "done" for r in runs(scale))
+
+
+def ensure_embedding(scale: str | None = None):
+    """``(DataFrame of finished runs, scale)`` for the notebook: ``GEMMA_LAB_SCALE`` (``auto``: default
+    scale when complete, else quick) under ``GEMMA_LAB_RESULTS``; runs what is missing first."""
+    out = Path(os.environ.get("GEMMA_LAB_RESULTS", "results"))
+    scale = scale or os.environ.get("GEMMA_LAB_SCALE", "auto")
+    if scale == "auto":
+        scale = next((s for s in ("full", "default") if complete(s, out)), "quick")
+    if not complete(scale, out):
+        print(f"running `python -m experiments.embed.sweep --scale {scale}` (results missing)")
+        env = dict(os.environ)
+        if scale == "quick":  # tiny models: XLA's CPU backend optimisation costs more than it saves
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {QUICK_XLA_FLAGS}".strip()
+        done = subprocess.run([sys.executable, "-m", "experiments.embed.sweep", "--scale", scale, "--out",
+                               str(out)], env=env, capture_output=True, text=True)
+        if done.returncode:
+            print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+    return collect_embedding(scale, out=out), scale
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.embed.sweep", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=tuple(BASES), default="default")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--figures", type=Path, default=None, help="where plots go (default: none drawn)")
+    p.add_argument("--dry-run", action="store_true")
+    a = p.parse_args(argv)
+    result = run_embedding_sweep(a.scale, out=a.out, figures=a.figures, dry_run=a.dry_run)
+    if not a.dry_run:
+        from experiments.embed.plots import tables
+
+        for name, table in tables(collect_embedding(a.scale, out=a.out)).items():
+            print(f"\n== {name}\n{table.to_string(float_format=lambda x: f'{x:.3f}')}")
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

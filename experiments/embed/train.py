@@ -1,0 +1,281 @@
+"""Fine-tune an ``EmbeddingModel`` with EmbeddingGemma's recipe (report section 2.2-2.3).
+
+    python -m experiments.embed.train [--init random|decoder|encoder] [--pooling mean|first|last|attention]
+        [--spread-out W] [--distill W] [--qat int8|int4|mixed] [--scale quick|default|full] [--out DIR]
+
+A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (appended while training),
+``model.eqx`` (the fine-tuned weights) and ``summary.json`` (written last, atomically; a run that has
+one is skipped). Evaluation is on the held-out modules at every Matryoshka dimension, with the model as
+deployed (weights quantized and dequantized when the run is quantization-aware).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+import arch
+from arch import quant
+from arch.embedding import EmbeddingModel
+from experiments.corpus import atomic_write_bytes
+from experiments.embed.data import EmbedData, prepare
+from experiments.embed.evaluate import evaluate_model
+from experiments.embed.init import initial_model
+from experiments.embed.losses import embedding_loss
+from experiments.runconfig import decay_mask
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EmbedConfig:
+    """One embedding fine-tuning run. Frozen and JSON round-trippable; its hash names the run dir."""
+
+    # trunk (a preset + overrides, made bidirectional) and head
+    preset: str = "small_embeddinggemma"
+    overrides: tuple[tuple[str, Any], ...] = ()
+    vocab_size: int = 8192
+    matmul_dtype: str = "float32"
+    pooling: str = "mean"
+    dense_mult: int = 4  # projections d -> mult * d -> d (report: 768 -> 3072 -> 768); 0: none
+    mrl_dims: tuple[int, ...] = ()  # evaluated prefixes, largest first; () = full width only
+    mrl_train: bool = True  # the losses summed over the prefixes (MRL) or at full width only
+    # initialisation (Table 2)
+    init: str = "random"
+    lm_steps: int = 300
+    lm_batch: int = 16
+    lm_seq_len: int = 128
+    lm_lr: float = 3e-3
+    adapt_steps: int = 200
+    adapt_seq_len: int = 128
+    # data
+    mixture: tuple[tuple[str, float], ...] = (("code", 0.9), ("topic", 0.1))
+    hard_negatives: str = "bm25"  # "bm25" | "none"
+    q_len: int = 32
+    p_len: int = 128
+    max_train_pairs: int | None = None
+    eval_queries: int | None = 400
+    eval_docs: int | None = 1000
+    # objective (eqs. 1-5)
+    tau: float = 0.05
+    alpha: float = 5.0
+    w_spread: float = 1.0
+    w_distill: float = 0.0
+    distill_kind: str = "l2"
+    distill_mrl: bool = False
+    teacher: str | None = "auto"
+    qat: str | None = None  # quantization-aware training scheme (arch.quant.SCHEMES)
+    # optimisation
+    steps: int = 300
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    seed: int = 0  # data order (and the mixture's identity when souping)
+    init_seed: int = 0  # the initial model (and its decoder): souped runs must share it
+    log_every: int = 25
+
+    def __post_init__(self):
+        for name in ("overrides", "mixture"):
+            object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in getattr(self, name))))
+        object.__setattr__(self, "mrl_dims", tuple(int(d) for d in self.mrl_dims))
+        if self.qat is not None and self.qat not in quant.SCHEMES:
+            raise ValueError(f"EmbedConfig.qat={self.qat!r}: must be None or one of {quant.SCHEMES}")
+        if self.hard_negatives not in ("bm25", "none"):
+            raise ValueError(f"EmbedConfig.hard_negatives={self.hard_negatives!r}: 'bm25' or 'none'")
+        width = self.model_config(self.vocab_size).width
+        if any(not 1 <= d <= width for d in self.mrl_dims):
+            raise ValueError(f"EmbedConfig.mrl_dims={self.mrl_dims}: each must be in [1, {width}]")
+
+    def model_config(self, vocab_size: int) -> arch.ModelConfig:
+        return arch.preset(self.preset, **dict(self.overrides)).replace(
+            vocab_size=vocab_size, causal=False, matmul_dtype=self.matmul_dtype)
+
+    def dense_dims(self) -> tuple[int, ...]:
+        d = self.model_config(self.vocab_size).width
+        return (self.dense_mult * d, d) if self.dense_mult else ()
+
+    def dims(self) -> tuple[int, ...]:
+        return self.mrl_dims or (self.model_config(self.vocab_size).width,)
+
+    def replace(self, **kw) -> EmbedConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("overrides", "mixture"):
+            d[k] = [list(p) for p in d[k]]
+        d["mrl_dims"] = list(self.mrl_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmbedConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+    def short_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
+def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
+    """The jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``."""
+    hard = ec.hard_negatives != "none"
+    dims = ec.dims() if ec.mrl_train else None
+
+    def loss_fn(params, b):
+        model = quant.fake_quantize_model(eqx.combine(params, static), ec.qat)  # QAT: STE
+        enc = jax.vmap(model)
+        q = enc(b["q_tok"], b["q_mask"])
+        if hard:  # positives and hard negatives share a length: one batched pass
+            pn = enc(jnp.concatenate([b["p_tok"], b["n_tok"]]), jnp.concatenate([b["p_mask"], b["n_mask"]]))
+            p, n = jnp.split(pn, 2)
+        else:
+            p, n = enc(b["p_tok"], b["p_mask"]), None
+        teacher = (b["tq"], b["tp"], b["tn"]) if has_teacher else None
+        total, parts = embedding_loss(
+            q, p, n, b["q_ids"], b["p_ids"], n_valid=b["n_valid"] if hard else None, teacher=teacher,
+            dims=dims, tau=ec.tau, alpha=ec.alpha, w_spread=ec.w_spread,
+            w_distill=ec.w_distill if has_teacher else 0.0, distill_kind=ec.distill_kind,
+            distill_mrl=ec.distill_mrl)
+        return total, parts
+
+    @jax.jit
+    def step(params, opt_state, b):
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, b)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **parts}
+
+    return step
+
+
+def optimizer_for(ec: EmbedConfig) -> optax.GradientTransformation:
+    sched = optax.warmup_cosine_decay_schedule(0.0, ec.lr, min(ec.warmup, ec.steps - 1),
+                                               max(ec.steps, ec.warmup + 1), ec.lr * 0.1)
+    return optax.chain(optax.clip_by_global_norm(ec.clip),
+                       optax.adamw(sched, weight_decay=ec.weight_decay, mask=decay_mask))
+
+
+def fine_tune(ec: EmbedConfig, model: EmbeddingModel, data: EmbedData, *, log=None) -> EmbeddingModel:
+    """``ec.steps`` steps of the embedding objective from ``model``."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimizer = optimizer_for(ec)
+    opt_state = optimizer.init(params)
+    has_teacher = data.teacher_queries is not None and ec.w_distill > 0
+    step = make_step(static, ec, optimizer, has_teacher=has_teacher)
+    start = time.perf_counter()
+    for s in range(ec.steps):
+        batch = data.batch(ec, s, with_teacher=has_teacher)
+        params, opt_state, m = step(params, opt_state, batch)
+        if log is not None and (s % ec.log_every == 0 or s == ec.steps - 1):
+            log({"step": s, **{k: float(v) for k, v in m.items()},
+                 "seconds": round(time.perf_counter() - start, 2)})
+    return eqx.combine(params, static)
+
+
+def abstract_model(ec: EmbedConfig, vocab_size: int) -> EmbeddingModel:
+    return eqx.filter_eval_shape(EmbeddingModel, ec.model_config(vocab_size), key=jax.random.key(0),
+                                 dense_dims=ec.dense_dims(), pooling=ec.pooling)
+
+
+def load_model(run_dir: str | Path) -> tuple[EmbeddingModel, EmbedConfig]:
+    """The fine-tuned model of a finished run directory and its config."""
+    run_dir = Path(run_dir)
+    ec = EmbedConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    vocab = json.loads((run_dir / "summary.json").read_text())["vocab_size"]
+    return eqx.tree_deserialise_leaves(run_dir / "model.eqx", abstract_model(ec, vocab)), ec
+
+
+def evaluate(model: EmbeddingModel, data: EmbedData, dims, precision: str | None = None) -> dict:
+    """Held-out metrics of ``model`` served at ``precision``: None (f32), "bfloat16" (weights rounded)
+    or a quantization scheme (weights quantized and dequantized)."""
+    if precision == "bfloat16":
+        served = quant.cast(model, jnp.bfloat16)
+    else:
+        served = quant.deploy(model, precision)
+    return evaluate_model(served, data.eval_tasks, dims)
+
+
+def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path | None = None,
+                    label: str | None = None, tags: dict | None = None, progress: bool = True) -> dict:
+    """Fine-tune and evaluate ``ec`` in ``run_dir`` (skipped when its summary exists)."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", {**ec.to_dict(), "kind": "train"})
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)  # no resume: a run is short; start its log again
+    start = time.perf_counter()
+    with open(metrics_path, "a") as f:
+        def log(rec):
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            if progress and "step" in rec:
+                print(f"  [{label or run_dir.name}] {json.dumps(rec)}", flush=True)
+
+        data = prepare(ec)
+        lm_root = Path(lm_root) if lm_root else run_dir.parent.parent / "embedding_lm"
+        model, init_info = initial_model(ec, data.tokenizer, lm_root=lm_root,
+                                         key=jax.random.key(ec.init_seed), log=log)
+        init_seconds = time.perf_counter() - start
+        model = fine_tune(ec, model, data, log=log)
+    train_seconds = time.perf_counter() - start - init_seconds
+    eqx.tree_serialise_leaves(run_dir / "model.eqx", model)
+    evals = evaluate(model, data, ec.dims(), ec.qat)
+    summary = {
+        "label": label or run_dir.name, "tags": tags or {}, "kind": "train", "evals": evals,
+        "precision": ec.qat or "float32", "bits_per_weight": quant.bits_per_weight(model, ec.qat),
+        "teacher": data.teacher_name if ec.w_distill > 0 else None,
+        "distillation": ("on" if ec.w_distill > 0 and data.teacher_queries is not None else
+                         "off (no teacher found)" if ec.w_distill > 0 else "off"),
+        "vocab_size": data.tokenizer.vocab_size, "train_pairs": data.num_pairs,
+        "model_config": model.cfg.to_dict(), "params": arch.count_params(model.trunk)["total"],
+        "init_seconds": round(init_seconds, 1), "train_seconds": round(train_seconds, 1), **init_info,
+    }
+    _write_json(summary_path, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from experiments.embed.sweep import config_for
+
+    p = argparse.ArgumentParser(prog="python -m experiments.embed.train", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", choices=("quick", "default", "full"), default="default")
+    p.add_argument("--init", choices=("random", "decoder", "encoder"))
+    p.add_argument("--pooling", choices=arch.embedding.POOLINGS)
+    p.add_argument("--spread-out", type=float, dest="w_spread")
+    p.add_argument("--distill", type=float, dest="w_distill")
+    p.add_argument("--qat", choices=quant.SCHEMES)
+    p.add_argument("--teacher", help="'auto', 'none', a sentence-transformers folder or an .npy")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--tau", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", type=Path, help="run directory (default results/embedding/<hash>/)")
+    a = p.parse_args(argv)
+    kw = {k: getattr(a, k) for k in ("init", "pooling", "w_spread", "w_distill", "qat", "teacher", "steps",
+                                     "tau", "seed") if getattr(a, k) is not None}
+    ec = config_for(a.scale, **kw)
+    out = a.out or Path("results") / "embedding" / ec.short_hash()
+    summary = train_embedding(ec, out, lm_root=out.parent.parent / "embedding_lm",
+                              tags={"scale": a.scale})
+    print(json.dumps({"run_dir": str(out), "evals": summary["evals"]}, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The embedding recipe end to end on a tiny model: train, skip on re-run, deploy quantized, soup,
+BM25, and ``collect("embedding")`` reading the result directories."""
+
+import json
+
+import numpy as np
+
+from experiments.collect import collect
+from experiments.embed.sweep import BASES, EmbedRun, execute
+from experiments.embed.train import load_model, train_embedding
+
+
+def test_quick_pipeline_end_to_end(tmp_path):
+    ec = BASES["quick"].replace(init="random", steps=12, max_train_pairs=256, eval_queries=24,
+                                eval_docs=64, overrides=(*BASES["quick"].overrides, ("num_layers", 1)))
+    sweep_dir, lm_root = tmp_path / "embedding", tmp_path / "embedding_lm"
+    run_dir = sweep_dir / ec.short_hash()
+    summary = train_embedding(ec, run_dir, lm_root=lm_root, label="base", tags={"scale": "quick"},
+                              progress=False)
+    assert json.loads((run_dir / "config.json").read_text())["pooling"] == "mean"
+    assert set(summary["evals"]) == {"code", "topic"}
+    assert set(summary["evals"]["code"]) == {"d32", "d16", "d8"}
+    for task in summary["evals"].values():
+        for m in task.values():
+            assert set(m) == {"ndcg@10", "mrr@10", "recall@1", "recall@10"}
+            assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert summary["distillation"] == "off" and summary["teacher"] is None
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r and "phase" not in r]
+    assert steps[0]["step"] == 0 and steps[-1]["step"] == 11
+    assert np.mean([r["contrastive"] for r in steps[-2:]]) < steps[0]["contrastive"]  # it learns
+
+    # done runs are skipped: the summary comes back untouched
+    mtime = (run_dir / "summary.json").stat().st_mtime_ns
+    assert train_embedding(ec, run_dir, lm_root=lm_root, progress=False) == summary
+    assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
+
+    model, loaded = load_model(run_dir)
+    assert loaded == ec and model.dim == 32
+
+    tags = (("scale", "quick"),)
+    deploy = EmbedRun(label="int8", kind="deploy", precision="int8", config=ec, tags=tags)
+    soup = EmbedRun(label="soup", kind="soup", config=ec, ingredients=(ec, ec), tags=tags)
+    bm25 = EmbedRun(label="BM25", kind="bm25", config=ec, tags=tags)
+    out = {r.label: execute(r, sweep_dir, lm_root=lm_root, progress=False) for r in (deploy, soup, bm25)}
+    # a soup of one model twice is that model
+    assert out["soup"]["evals"] == summary["evals"]
+    assert 8.0 < out["int8"]["bits_per_weight"] < 9.5
+    full, q8 = summary["evals"]["code"]["d32"]["ndcg@10"], out["int8"]["evals"]["code"]["d32"]["ndcg@10"]
+    assert abs(full - q8) < 0.1
+    assert out["BM25"]["evals"]["code"]["d32"]["ndcg@10"] > 0.3  # the lexical baseline works here
+
+    df = collect("embedding", out=tmp_path, scale="quick")
+    assert set(df["label"]) == {"base", "int8", "soup", "BM25"} and set(df["status"]) == {"done"}
+    assert "evals.code.d16.ndcg@10" in df
