@@ -36,3 +36,6 @@ def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
+
+# The distillation losses live in their own module and add themselves to LOSSES (one registry).
+import experiments.distill  # noqa: E402, F401
