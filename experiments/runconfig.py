@@ -57,7 +57,9 @@ class RunConfig:
     # objective
     loss: str = "xent"  # a name in experiments.losses.LOSSES
     loss_kwargs: tuple[tuple[str, Any], ...] = ()
-    teacher: str | None = None  # reserved for distillation: a run directory of a trained teacher
+    # distillation: a trained run directory, "@<short hash>" (a run of the same sweep), a Hugging Face
+    # folder or precomputed samples (experiments.teacher); required by the distill* losses
+    teacher: str | None = None
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100
     eval_batches: int = 4
@@ -85,6 +87,11 @@ class RunConfig:
             pairs = dict((str(k), _freeze(v)) for k, v in getattr(self, name))
             object.__setattr__(self, name, tuple(sorted(pairs.items())))
         self.base_model_config()  # fail now, naming the field, rather than at the first step
+        from experiments.losses import get_loss
+        from experiments.teacher import check_loss_and_teacher
+
+        get_loss(self.loss)  # an unknown loss fails here, listing the known ones
+        check_loss_and_teacher(self.loss, self.teacher)
 
     def base_model_config(self) -> ModelConfig:
         """The preset with the overrides and matmul dtype, vocab size as the preset has it."""

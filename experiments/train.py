@@ -38,6 +38,7 @@ from experiments.data import Data, prepare_data
 from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.losses import get_loss, xent
 from experiments.runconfig import RunConfig
+from experiments.teacher import Teacher, load_teacher
 from experiments.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,27 +77,35 @@ def batch_loss(params, static, batch: dict, loss_fn=xent, loss_kwargs: dict | No
                doc_mask: bool = True) -> tuple[jax.Array, jax.Array]:
     """Token-weighted mean of the per-sequence loss over the batch, and the token count.
 
-    The model runs on one sequence; ``jax.vmap`` batches it (Equinox style).
+    The model runs on one sequence; ``jax.vmap`` batches it (Equinox style). A ``teacher`` model in
+    ``loss_kwargs`` runs on the same sequence without gradient and the loss gets its ``teacher_logits``;
+    batch entries besides inputs/targets/segment_ids (precomputed teacher samples) go to the loss by name.
     """
     model = eqx.combine(params, static)
-    kw = loss_kwargs or {}
+    kw = dict(loss_kwargs or {})
+    teacher = kw.pop("teacher", None)
 
-    def one(tokens, targets, segment_ids):
-        logits = model(tokens, segment_ids=segment_ids if doc_mask else None)
-        mask = jnp.ones(targets.shape, jnp.float32)  # packed sequences: every target counts
-        return loss_fn(logits.astype(jnp.float32), targets, mask, **kw), mask.sum()
+    def one(seq):
+        seg = seq["segment_ids"] if doc_mask else None
+        logits = model(seq["inputs"], segment_ids=seg)
+        mask = jnp.ones(seq["targets"].shape, jnp.float32)  # packed sequences: every target counts
+        more = {k: v for k, v in seq.items() if k not in ("inputs", "targets", "segment_ids")}
+        if teacher is not None:  # Gemma 2 section 3.2: the frozen teacher on the same tokens
+            more["teacher_logits"] = jax.lax.stop_gradient(teacher(seq["inputs"], segment_ids=seg))
+        return loss_fn(logits.astype(jnp.float32), seq["targets"], mask, **kw, **more), mask.sum()
 
-    losses, counts = jax.vmap(one)(batch["inputs"], batch["targets"], batch["segment_ids"])
+    losses, counts = jax.vmap(one)(batch)
     total = jnp.sum(counts)
     return jnp.sum(losses * counts) / jnp.maximum(total, 1.0), total
 
 
 def make_train_step(static, optimizer: optax.GradientTransformation, run: RunConfig, *, mesh=None,
-                    params=None, opt_state=None):
+                    params=None, opt_state=None, teacher: Teacher | None = None):
     """One jitted ``(params, opt_state, batch, step) -> (params, opt_state, metrics)``.
 
     Params and optimizer state are donated (updated in place). With a mesh, their shardings are pinned
-    on input and output (FSDP) and the batch is split over both mesh axes.
+    on input and output (FSDP) and the batch is split over both mesh axes. A teacher's frozen
+    parameters are a (replicated) argument of the jitted step, not constants baked into it.
     """
     loss_fn = get_loss(run.loss)
     kw = dict(run.loss_kwargs)
@@ -127,8 +136,12 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
         inv = 1.0 / jnp.maximum(count, 1.0)
         return total * inv, jax.tree_util.tree_map(lambda x: x * inv, g)
 
-    def step(params, opt_state, batch, step):
+    tp = None if teacher is None else teacher.params
+
+    def step(params, opt_state, batch, step, teacher_params=None):
         extra = dict(kw)
+        if teacher_params is not None:
+            extra["teacher"] = eqx.combine(teacher_params, teacher.static)
         if wants_key:  # randomness is a pure function of (seed, step): exact resume
             extra["key"] = jax.random.fold_in(jax.random.key(run.seed), step)
         loss, g = grads(params, batch, extra)
@@ -137,11 +150,13 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(g), "lr": schedule(step)}
 
     if mesh is None:
-        return jax.jit(step, donate_argnums=(0, 1))
-    p_sh, o_sh = shd.state_shardings(mesh, params), shd.state_shardings(mesh, opt_state)
-    rep = shd.replicated(mesh)
-    return jax.jit(step, donate_argnums=(0, 1), in_shardings=(p_sh, o_sh, shd.batch_sharding(mesh), rep),
-                   out_shardings=(p_sh, o_sh, rep))
+        jitted = jax.jit(step, donate_argnums=(0, 1))
+    else:
+        p_sh, o_sh = shd.state_shardings(mesh, params), shd.state_shardings(mesh, opt_state)
+        rep = shd.replicated(mesh)
+        jitted = jax.jit(step, donate_argnums=(0, 1), out_shardings=(p_sh, o_sh, rep),
+                         in_shardings=(p_sh, o_sh, shd.batch_sharding(mesh), rep, rep)[:4 + (tp is not None)])
+    return jitted if tp is None else (lambda p, o, b, s: jitted(p, o, b, s, tp))
 
 
 def make_eval_step(static, *, doc_mask: bool = True):
@@ -212,6 +227,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     _prepare_dir(run, run_dir)
     wall_start = time.perf_counter()
     data = load_run_data(run)
+    teacher = load_teacher(run, data, run_dir)  # None without run.teacher (experiments.teacher)
     cfg = run.model_config(data.tokenizer.vocab_size)
     optimizer = run.optimizer()
     params, static = init_params(cfg, run.seed)
@@ -221,7 +237,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         params = jax.device_put(params, shd.state_shardings(mesh, params))
         opt_state = jax.device_put(opt_state, shd.state_shardings(mesh, opt_state))
     n_dev = 1 if mesh is None else mesh.size
-    step_fn = make_train_step(static, optimizer, run, mesh=mesh, params=params, opt_state=opt_state)
+    step_fn = make_train_step(static, optimizer, run, mesh=mesh, params=params, opt_state=opt_state,
+                              teacher=teacher)
     eval_step = make_eval_step(static, doc_mask=run.doc_mask)
 
     ckpt_path, metrics_path = run_dir / checkpoint.CKPT_NAME, run_dir / "metrics.jsonl"
@@ -245,8 +262,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     val_loss = None
     with open(metrics_path, "a") as log:
         for step in range(start, run.steps):
-            params, opt_state, m = step_fn(params, opt_state, put(batch_arrays(batches(step))),
-                                           jnp.asarray(step, jnp.int32))
+            arrays = batch_arrays(batches(step)) | (teacher.feed(batches, step) if teacher else {})
+            params, opt_state, m = step_fn(params, opt_state, put(arrays), jnp.asarray(step, jnp.int32))
             pending.append((step + 1, m))
             done = step + 1
             if t_mark is None:  # exclude compilation from the throughput
@@ -308,7 +325,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         "tokenizer_fingerprint": data.tokenizer.fingerprint, "git_sha": git_sha(),
         "params": arch.count_params(cfg), "device_kind": jax.devices()[0].device_kind,
         "num_devices": n_dev, "mesh": None if mesh is None else dict(mesh.shape),
-        "model_config": cfg.to_dict(),
+        "model_config": cfg.to_dict(), "teacher": teacher.info if teacher else None,
     }
     if jax.process_index() == 0:
         _write_json(summary_path, summary)

@@ -1,6 +1,10 @@
 """Distillation losses (Gemma 2 section 3.2, Gemma 3 section 2.2), teachers and a tiny end-to-end run."""
 
 
+import json
+import math
+import random
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +12,9 @@ import pytest
 
 from experiments import distill
 from experiments.losses import LOSSES, get_loss, xent
+from experiments.runconfig import RunConfig
+from experiments.teacher import SampledStore, load_teacher, precompute_sampled, run_sequences
+from experiments.train import load_run_data, load_trained, train
 
 V, T = 32, 10
 NAMES = ("distill", "distill_kl", "distill_reverse_kl", "distill_topk", "distill_sampled")
@@ -150,3 +157,87 @@ def test_precomputed_samples_path_matches_on_the_fly():
     pre = distill.distill_sampled(zs, TARGETS, MASK, teacher_indices=idx, teacher_probs=w)
     assert float(pre) == pytest.approx(float(on_the_fly), rel=1e-6)
     assert np.all(np.sort(np.asarray(idx), -1)[:, 1:] != np.sort(np.asarray(idx), -1)[:, :-1])  # no repeats
+
+
+# ------------------------------------------------------------------------------- teachers, end to end
+WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
+
+
+def write_corpus(folder, n_docs: int = 30, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 9))) for _ in range(40))
+        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny teacher trained 4 steps in a sweep-like folder, and a student config beside it."""
+    root = tmp_path_factory.mktemp("distill")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEMMA_ARCH_LAB_CACHE", str(root / "cache"))
+    base = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")),
+                     data=write_corpus(root / "corpus"), vocab_size=300, matmul_dtype="float32",
+                     steps=4, batch=4, seq_len=32, warmup=1, eval_every=4, eval_batches=1, ckpt_every=4,
+                     log_every=2)
+    teacher = base.with_model(width=96, mlp_width=192)
+    sweep = root / "sweep"
+    summary = train(teacher, sweep / teacher.short_hash(), progress=False)
+    yield dict(root=root, base=base, teacher=teacher, sweep=sweep, teacher_summary=summary)
+    mp.undo()
+
+
+def test_distillation_run_records_its_teacher(trained):
+    t = trained["teacher"]
+    student = trained["base"].replace(loss="distill", teacher="@" + t.short_hash())
+    s = train(student, trained["sweep"] / student.short_hash(), progress=False)
+    assert s["teacher"]["kind"] == "run" and s["teacher"]["run"] == t.short_hash()
+    assert s["teacher"]["final_val_ppl"] == pytest.approx(trained["teacher_summary"]["final_val_ppl"])
+    losses = [json.loads(x)["loss"] for x in (trained["sweep"] / student.short_hash() / "metrics.jsonl")
+              .read_text().splitlines()]
+    assert all(np.isfinite(losses)) and math.isfinite(s["final_val_loss"])
+    # the teacher is frozen: its checkpoint is untouched by the student's training
+    assert train(t, trained["sweep"] / t.short_hash(), progress=False) == trained["teacher_summary"]
+
+
+def test_precomputed_samples_feed_the_sampled_loss(trained):
+    t, base = trained["teacher"], trained["base"]
+    data = load_run_data(base)
+    seqs = run_sequences(data.batches(base.batch, base.seed), base.steps)
+    out = precompute_sampled(trained["sweep"] / t.short_hash(), data, trained["root"] / "samples", k=16,
+                             sequences=seqs, shard_size=8)
+    meta = json.loads((out / "sampled.json").read_text())
+    assert meta["k"] == 16 and sum(len(s) for s in meta["shards"]) == len(seqs)
+    idx, probs = SampledStore(out).get(seqs[:2])
+    assert idx.shape == probs.shape == (2, base.seq_len, 16) and idx.dtype == np.uint16
+    model, _, _ = load_trained(trained["sweep"] / t.short_hash())  # stored probs are the teacher's
+    b = data.train.get(seqs[:2])
+    p_t = jax.nn.softmax(jax.vmap(lambda x, g: model(x, segment_ids=g))(b.inputs, b.segment_ids), -1)
+    want = np.take_along_axis(np.asarray(p_t), idx.astype(np.int64), -1)
+    np.testing.assert_allclose(probs.astype(np.float32), want, rtol=2e-3, atol=1e-6)
+    student = base.replace(loss="distill_sampled", teacher=str(out))
+    s = train(student, trained["root"] / "pre" / student.short_hash(), progress=False)
+    assert s["teacher"]["kind"] == "sampled" and s["teacher"]["k"] == 16
+    assert math.isfinite(s["final_val_loss"])
+
+
+def test_teacher_errors_are_clear(trained):
+    t, base = trained["teacher"], trained["base"]
+    other = load_run_data(base.replace(vocab_size=280))  # another tokenizer
+    with pytest.raises(ValueError, match="do not share a tokenizer: teacher tokenizer fingerprint"):
+        load_teacher(base.replace(loss="distill", teacher=str(trained["sweep"] / t.short_hash())), other)
+    with pytest.raises(ValueError, match="is not a trained run directory"):
+        load_teacher(base.replace(loss="distill", teacher=str(trained["root"])), other)
+    with pytest.raises(ValueError, match="not trained yet"):
+        (trained["root"] / "half").mkdir(exist_ok=True)
+        (trained["root"] / "half" / "config.json").write_text("{}")
+        (trained["root"] / "half" / "checkpoint.ckpt").write_text("")
+        load_teacher(base.replace(loss="distill", teacher=str(trained["root"] / "half")), other)
+    with pytest.raises(ValueError, match="distils: set RunConfig.teacher"):
+        base.replace(loss="distill")
+    with pytest.raises(ValueError, match="which ignores it"):
+        base.replace(teacher="somewhere")
+    with pytest.raises(ValueError, match="unknown loss 'kd'"):
+        base.replace(loss="kd")
