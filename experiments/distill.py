@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, Int
 
 from experiments.losses import LOSSES, masked_mean, xent
 
 CHUNK = 128  # tokens per chunk: 128 x 8192 x 4 B = 4 MiB per distribution array
 DEFAULT_K = 256  # Gemma 3 section 2.2: 256 sampled logits per token
+SPARSE = "sparse_target"  # checkpoint name of a sparse target (indices, weights): saved, not recomputed
 
 
 def _check(name: str, logits: Array, teacher_logits: Array | None, tau: float, alpha: float) -> None:
@@ -76,8 +78,10 @@ def chunked(fn, per_token: tuple[Array, ...], per_chunk: tuple[Array, ...] = (),
     pad = n * c - t
     stacked = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(n, c, *a.shape[1:])
                     for a in per_token)
-    # checkpoint: the backward pass recomputes a chunk's softmaxes instead of storing all of them
-    out = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs)), (*stacked, *per_chunk))
+    # checkpoint: the backward pass recomputes a chunk's softmaxes instead of storing all of them, but
+    # keeps the (small) sparse-target indices and weights: top_k is the slow part on CPU
+    policy = jax.checkpoint_policies.save_only_these_names(SPARSE)
+    out = jax.lax.map(jax.checkpoint(lambda xs: fn(*xs), policy=policy), (*stacked, *per_chunk))
     return out.reshape(-1)[:t]
 
 
@@ -158,7 +162,8 @@ def distill_topk(logits: Float[Array, "t v"], targets: Int[Array, " t"], mask: F
 
     def f(s, t):
         vals, idx = jax.lax.top_k(t, k)
-        return sparse_xent(s / tau, idx, jax.nn.softmax(vals, axis=-1))
+        idx, w = checkpoint_name((idx, jax.nn.softmax(vals, axis=-1)), SPARSE)
+        return sparse_xent(s / tau, idx, w)
 
     return _finish(chunked(f, (logits, zt), chunk=chunk), logits, targets, mask, tau, alpha)
 
@@ -169,7 +174,7 @@ def sample_teacher(teacher_logits: Float[Array, "c v"], key: Array, k: int
     without replacement (Gumbel-top-k), and the teacher probabilities there (not renormalised)."""
     logp = jax.nn.log_softmax(teacher_logits, axis=-1)
     _, idx = jax.lax.top_k(logp + jax.random.gumbel(key, logp.shape), k)
-    return idx, jnp.exp(jnp.take_along_axis(logp, idx, axis=-1))
+    return checkpoint_name((idx, jnp.exp(jnp.take_along_axis(logp, idx, axis=-1))), SPARSE)
 
 
 def _sequence_key(key: Array, targets: Int[Array, " t"]) -> Array:

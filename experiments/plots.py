@@ -5,6 +5,8 @@
 - ``plot_ratio_window``: perplexity heatmap over local:global ratio x window (Gemma 3 Figs. 3-4).
 - ``plot_bar``: one bar per run (Gemma 2 Tables 8-10).
 - ``plot_long_context``: loss by position beyond the training length (Gemma 3 section 5.3).
+- ``plot_distill``: student perplexity vs size, next-token vs distillation (Gemma 2 Table 7).
+- ``plot_teacher_size``: small vs large teacher over training tokens (Gemma 3 Figure 8).
 """
 
 from __future__ import annotations
@@ -157,4 +159,65 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
     ax.set_title("Beyond the training length: RoPE base and rescaling")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    return [_save(fig, Path(figures) / f"{name}.png")]
+
+
+def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
+    """Gemma 2 Table 7 analogue: student validation perplexity vs student size (non-embedding
+    parameters), one line per training method, the teacher's perplexity as a dashed line."""
+    df = _done(df)
+    if df.empty or "tag.role" not in df:
+        return []
+    students, teachers = df[df["tag.role"] == "student"], df[df["tag.role"] == "teacher"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, part in students.groupby("tag.method", sort=False):
+        part = part.sort_values("evals.params_non_embedding")
+        ax.plot(part["evals.params_non_embedding"], part["evals.val_ppl"], marker="o", label=method)
+    for _, row in teachers.iterrows():
+        ax.axhline(row["evals.val_ppl"], color="grey", ls="--", lw=1,
+                   label=f"{row['label']} ({row['evals.params_non_embedding'] / 1e6:.2f}M)")
+    ax.set_xscale("log")
+    ax.set_xlabel("student non-embedding parameters (log scale)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Next-token training vs distillation at equal student tokens")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return [_save(fig, Path(figures) / f"{name}.png")]
+
+
+def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size") -> list[Path]:
+    """Gemma 3 Figure 8 analogue. Left: student perplexity vs training tokens per teacher (and
+    next-token training when present). Right: relative perplexity difference of each larger teacher's
+    student against the smallest teacher's, ``ppl(large) / ppl(small) - 1`` (below 0: the larger
+    teacher is better), vs tokens."""
+    df = _done(df)
+    if df.empty or "tag.role" not in df:
+        return []
+    students = df[df["tag.role"] == "student"]
+    teachers = df[df["tag.role"] == "teacher"].sort_values("evals.params_non_embedding")
+    if students.empty:
+        return []
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
+    curves = {}
+    for who, part in students.groupby("tag.teacher", sort=False):
+        part = part.sort_values("tag.tokens")
+        curves[who] = part.set_index("tag.tokens")["evals.val_ppl"]
+        ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
+                label="next-token" if who == "none" else f"from {who}")
+    ax.set_xscale("log")
+    ax.set_xlabel("student training tokens")
+    ax.set_ylabel("student validation perplexity")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    order = [t for t in teachers["tag.teacher"] if t in curves]
+    for big in order[1:]:
+        diff = (curves[big] / curves[order[0]] - 1.0).dropna()
+        rel.plot(diff.index, 100 * diff.values, marker="o", label=f"{big} vs {order[0]}")
+    rel.axhline(0.0, color="grey", lw=1)
+    rel.set_xscale("log")
+    rel.set_xlabel("student training tokens")
+    rel.set_ylabel("relative perplexity difference (%)")
+    rel.set_title("below 0: the larger teacher is better")
+    rel.legend(fontsize=8)
+    rel.grid(alpha=0.3)
     return [_save(fig, Path(figures) / f"{name}.png")]

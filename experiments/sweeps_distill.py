@@ -1,0 +1,107 @@
+"""Distillation sweeps (Gemma 2 section 3.2 and Table 7; Gemma 3 section 2.2 and Figure 8).
+
+| sweep | mirrors |
+|---|---|
+| distill | Gemma 2 Table 7: student perplexity vs student size, next-token training vs distillation (full, |
+|         | sampled-256 as in Gemma 3, top-256) from one teacher, all students on the same tokens |
+| teacher_size | Gemma 3 Figure 8: small vs large teacher, relative perplexity vs student training tokens |
+
+Each teacher is an ordinary Run listed before its students; a student's ``RunConfig.teacher`` is
+``"@<teacher hash>"``, the sibling directory in the same sweep folder, so hashes do not depend on
+``--out``. ``execute()`` runs the list in order, so the teacher is trained first. ``--shard`` splits
+runs by config hash and may put a student and its teacher in different shards: the student then fails
+with "teacher run ... is not trained yet" (error.json) until the teacher's shard has run; rerunning the
+sweep after that finishes it (finished runs are skipped). Without ``--shard`` everything is in order.
+
+Scales. default (2-core CPU, ~20-30 minutes for both sweeps; the default 8192-piece tokenizer):
+students of 4 layers x 64 and 6 layers x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128
+and T_small of 4 layers x 128, both on twice the student tokens; teacher_size horizons 32 and 96 steps.
+quick (CI, notebooks): 1-2 layer models, a few steps, one student size and one horizon.
+"""
+
+from __future__ import annotations
+
+from experiments.runconfig import RunConfig
+from experiments.sweep import Run, register
+from experiments.sweeps import base, run
+
+K = 256  # Gemma 3 section 2.2: 256 sampled logits per token; top-k uses the same budget
+
+# Model shapes as overrides of the scale's base (num_layers, width, mlp_width); heads come from the base.
+SHAPES = {
+    "quick": {"S": (1, 32, 64), "M": (2, 32, 64), "T_small": (1, 64, 128), "T": (2, 64, 128)},
+    "default": {"S": (4, 64, 256), "M": (6, 96, 384), "T_small": (4, 128, 512), "T": (8, 128, 512)},
+    "full": {"S": (8, 384, 1536), "M": (12, 512, 2048), "T_small": (8, 768, 3072), "T": (16, 768, 3072)},
+}
+# (student steps, batch, seq_len, teacher steps) per scale; the teachers see `teacher steps` batches
+SCHEDULE = {
+    "quick": dict(steps=4, batch=4, seq_len=64, teacher_steps=8),
+    "default": dict(steps=96, batch=8, seq_len=256, teacher_steps=192),
+    "full": dict(steps=10_000, batch=64, seq_len=2048, teacher_steps=30_000),
+}
+# teacher_size horizons (student steps); the longest default one equals the distill sweep's students,
+# so those runs can be copied over (same config, same hash) instead of retrained
+HORIZONS = {"quick": (4,), "default": (32, 96), "full": (2_500, 10_000, 40_000)}
+
+
+def shaped(scale: str, name: str, steps: int) -> RunConfig:
+    """The scale's base with one of :data:`SHAPES`, on the distillation schedule for ``steps`` steps."""
+    layers, width, mlp = SHAPES[scale][name]
+    s = SCHEDULE[scale]
+    b = base(scale)
+    every = max(steps // 2, 1)
+    return b.replace(steps=steps, batch=s["batch"], seq_len=s["seq_len"], warmup=max(steps // 10, 1),
+                     eval_every=every, ckpt_every=every, log_every=max(min(10, steps // 4), 1)
+                     ).with_model(num_layers=layers, width=width, mlp_width=mlp)
+
+
+METHODS = {  # label -> (loss, loss_kwargs)
+    "next-token": ("xent", ()),
+    "full distillation": ("distill", ()),
+    f"sampled-{K}": ("distill_sampled", (("k", K),)),
+    f"top-{K}": ("distill_topk", (("k", K),)),
+}
+
+
+def student(scale: str, size: str, steps: int, method: str, teacher: RunConfig | None) -> RunConfig:
+    loss, kw = METHODS[method]
+    cfg = shaped(scale, size, steps)
+    if loss == "xent":
+        return cfg
+    return cfg.replace(loss=loss, loss_kwargs=kw, teacher="@" + teacher.short_hash())
+
+
+def _teacher_run(scale: str, name: str, cfg: RunConfig, **tags) -> Run:
+    return run(scale, f"teacher {name}", cfg, tags=(("role", "teacher"), ("teacher", name),
+                                                    *tags.items()))
+
+
+@register("distill", "Gemma 2 Table 7 (student size x next-token vs distillation)", plot="distill")
+def distill_sweep(scale: str) -> list[Run]:
+    s = SCHEDULE[scale]
+    teacher = shaped(scale, "T", s["teacher_steps"])
+    runs = [_teacher_run(scale, "T", teacher, size="T", method="teacher")]  # first: trained before students
+    for size in ("S", "M") if scale != "quick" else ("S",):  # quick: one size, to keep CI fast
+        for method in METHODS:
+            runs.append(run(scale, f"{size} {method}", student(scale, size, s["steps"], method, teacher),
+                            tags=(("role", "student"), ("size", size), ("method", method))))
+    return runs
+
+
+@register("teacher_size", "Gemma 3 Fig. 8 (small vs large teacher over training tokens)",
+          plot="teacher_size")
+def teacher_size(scale: str) -> list[Run]:
+    s = SCHEDULE[scale]
+    tokens_per_step = s["batch"] * s["seq_len"]
+    teachers = {name: shaped(scale, name, s["teacher_steps"]) for name in ("T_small", "T")}
+    runs = [_teacher_run(scale, name, cfg) for name, cfg in teachers.items()]
+    for steps in HORIZONS[scale]:
+        tags = (("role", "student"), ("tokens", steps * tokens_per_step), ("steps", steps))
+        if scale != "quick":  # the next-token baseline (quick: the two teachers only, to stay fast)
+            scratch = student(scale, "S", steps, "next-token", None)
+            runs.append(run(scale, f"{steps} steps next-token", scratch, tags=(*tags, ("teacher", "none"))))
+        for name, cfg in teachers.items():
+            runs.append(run(scale, f"{steps} steps from {name}",
+                            student(scale, "S", steps, "full distillation", cfg),
+                            tags=(*tags, ("teacher", name))))
+    return runs
