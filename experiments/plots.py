@@ -198,12 +198,14 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
     if students.empty:
         return []
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
+    size = dict(zip(teachers["tag.teacher"], teachers["evals.params_non_embedding"] / 1e6))
     curves = {}
     for who, part in students.groupby("tag.teacher", sort=False):
         part = part.sort_values("tag.tokens")
         curves[who] = part.set_index("tag.tokens")["evals.val_ppl"]
         ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
-                label="next-token" if who == "none" else f"from {who}")
+                label="next-token" if who == "none" else f"from {who} ({size.get(who, float('nan')):.2f}M)")
+    ax.set_title("student perplexity by teacher")
     ax.set_xscale("log")
     ax.set_xlabel("student training tokens")
     ax.set_ylabel("student validation perplexity")

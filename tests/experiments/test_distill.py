@@ -13,7 +13,13 @@ import pytest
 from experiments import distill
 from experiments.losses import LOSSES, get_loss, xent
 from experiments.runconfig import RunConfig
-from experiments.teacher import SampledStore, load_teacher, precompute_sampled, run_sequences
+from experiments.teacher import (
+    SampledStore,
+    load_teacher,
+    load_teacher_model,
+    precompute_sampled,
+    run_sequences,
+)
 from experiments.train import load_run_data, load_trained, train
 
 V, T = 32, 10
@@ -241,3 +247,31 @@ def test_teacher_errors_are_clear(trained):
         base.replace(teacher="somewhere")
     with pytest.raises(ValueError, match="unknown loss 'kd'"):
         base.replace(loss="kd")
+
+
+def test_hf_folder_teacher(trained, tmp_path):
+    import arch
+
+    t = trained["teacher"]
+    model, tok, _ = load_trained(trained["sweep"] / t.short_hash())
+    arch.to_hf(model, tmp_path / "hf")
+    loaded, info = load_teacher_model(tmp_path / "hf", tok)
+    assert info["kind"] == "hf" and info["params"] == trained["teacher_summary"]["params"]["total"]
+    x = jnp.arange(8, dtype=jnp.int32)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=2e-2, atol=2e-2)
+
+
+def test_sweeps_train_each_teacher_before_its_students():
+    from experiments.sweep import expand
+
+    for name in ("distill", "teacher_size"):
+        for scale in ("quick", "default", "full"):
+            runs = expand(name, scale)
+            seen = set()
+            for r in runs:
+                if r.config.teacher is not None:
+                    assert r.config.teacher.lstrip("@") in seen, (name, scale, r.label)
+                seen.add(r.config.short_hash())
+            methods = {dict(r.tags).get("method") for r in runs}
+            if name == "distill":
+                assert {"next-token", "full distillation", "sampled-256", "top-256"} <= methods
