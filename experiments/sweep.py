@@ -46,6 +46,10 @@ class Run:
     def is_variant(self) -> bool:
         return bool(self.eval_overrides) or self.eval_seq_len is not None
 
+    def execute(self, sweep_dir: Path, *, progress: bool = True) -> dict:
+        """Train (or reuse) the model, evaluate it, return the summary. Other kinds of run override this."""
+        return execute(self, sweep_dir, progress=progress)
+
     @property
     def key(self) -> str:
         """Directory name: the config's hash, or for a variant a hash of (config, evaluation)."""
@@ -77,9 +81,20 @@ def register(name: str, mirrors: str, plot: str | None = None):
     return wrap
 
 
-def get_sweep(name: str) -> Sweep:
-    import experiments.sweeps  # noqa: F401  (registers the named sweeps)
+SWEEP_MODULES = ("experiments.sweeps", "experiments.sweeps_distill", "experiments.embed.sweep")
 
+
+def load_sweeps() -> dict[str, Sweep]:
+    """Import the modules that register the named sweeps (once) and return the registry."""
+    import importlib
+
+    for module in SWEEP_MODULES:
+        importlib.import_module(module)
+    return SWEEPS
+
+
+def get_sweep(name: str) -> Sweep:
+    load_sweeps()
     if name not in SWEEPS:
         raise ValueError(f"unknown sweep {name!r}; known: {', '.join(sorted(SWEEPS))}")
     return SWEEPS[name]
@@ -95,13 +110,21 @@ def expand(name: str, scale: str) -> list[Run]:
     return runs
 
 
+def group_of(run: Run) -> str:
+    """Runs that must go to one shard share a group: a trained model with its evaluation variants,
+    and a student with the teacher it names as ``@<hash>`` in the same sweep."""
+    teacher = getattr(run.config, "teacher", None)
+    if isinstance(teacher, str) and teacher.startswith("@"):
+        return teacher[1:]
+    return run.config.short_hash()
+
+
 def shard(runs: list[Run], i: int, n: int) -> list[Run]:
-    """Runs of shard ``i`` of ``n`` (0-based): disjoint, together all runs; training runs go to the
-    shard of the first variant that needs them so no two shards train the same model."""
+    """Runs of shard ``i`` of ``n`` (0-based): disjoint, together all runs, dependent runs together."""
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"--shard {i}/{n}: need 0 <= i < n")
-    chosen = set(sorted({r.config.short_hash() for r in runs})[i::n])
-    return [r for r in runs if r.config.short_hash() in chosen]
+    chosen = set(sorted({group_of(r) for r in runs})[i::n])
+    return [r for r in runs if group_of(r) in chosen]
 
 
 def status(run: Run, sweep_dir: Path) -> str:
@@ -172,7 +195,7 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
         if bar is not None:
             bar.set_postfix_str(r.label)
         try:
-            execute(r, sweep_dir, progress=progress)
+            r.execute(sweep_dir, progress=progress)
             result["done"].append(r.key)
         except Exception as err:  # one failing run must not stop the sweep
             (sweep_dir / r.key).mkdir(parents=True, exist_ok=True)
@@ -207,7 +230,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import experiments.sweeps  # noqa: F401
+    load_sweeps()
 
     p = argparse.ArgumentParser(description="Run a named sweep.", epilog="sweeps: " + ", ".join(
         f"{n} ({s.mirrors})" for n, s in sorted(SWEEPS.items())))

@@ -193,5 +193,3 @@ def long_context(scale: str) -> list[Run]:
                                     eval_overrides=ov, eval_seq_len=f * t,
                                     tags=(*tags, ("eval_len", f * t), ("rescale", rescale))))
     return runs
-import experiments.embed.sweep  # noqa: E402, F401  (registers the `embedding` sweep)
-import experiments.sweeps_distill  # noqa: E402, F401  (registers `distill` and `teacher_size`)

@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +95,9 @@ class EmbedRun(Run):
     def spec(self) -> dict:
         return {"kind": self.kind, "precision": self.precision, **self.config.to_dict(),
                 "ingredients": [c.short_hash() for c in self.ingredients]}
+
+    def execute(self, sweep_dir: Path, *, progress: bool = True) -> dict:
+        return execute(self, sweep_dir, lm_root=sweep_dir.parent / "embedding_lm", progress=progress)
 
 
 def _tags(scale: str, c: EmbedConfig, **extra) -> tuple[tuple[str, Any], ...]:
@@ -202,27 +204,9 @@ def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = Tru
 def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figures: Path | None = None,
                         dry_run: bool = False, progress: bool = True) -> dict[str, list[str]]:
     """Execute every point of the sweep at ``scale`` into ``out/embedding/``; plots into ``figures``."""
-    from experiments.sweep import status
+    from experiments.sweep import run_sweep
 
-    points = runs(scale)
-    sweep_dir = Path(out) / SWEEP
-    if dry_run:
-        for r in points:
-            print(f"  {r.key:<18} {r.kind:<9} {status(r, sweep_dir):<8} {r.label}")
-        return {"done": [], "failed": []}
-    result: dict[str, list[str]] = {"done": [], "failed": []}
-    for i, r in enumerate(points):
-        if progress:
-            print(f"[{i + 1}/{len(points)}] {r.label} ({r.key})", flush=True)
-        try:
-            execute(r, sweep_dir, lm_root=Path(out) / "embedding_lm", progress=progress)
-            result["done"].append(r.key)
-        except Exception as err:  # one failing point must not stop the sweep
-            (sweep_dir / r.key).mkdir(parents=True, exist_ok=True)
-            write_json(sweep_dir / r.key / "error.json", {"label": r.label, "error": f"{type(err).__name__}: "
-                                                          f"{err}", "traceback": traceback.format_exc()})
-            result["failed"].append(r.key)
-            print(f"point {r.key} ({r.label}) failed: {type(err).__name__}: {err}", file=sys.stderr)
+    result = run_sweep(SWEEP, scale=scale, out=Path(out), dry_run=dry_run, progress=progress, plot=False)
     if figures is not None and result["done"]:
         from experiments.embed.plots import plot_all
 

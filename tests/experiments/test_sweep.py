@@ -15,13 +15,14 @@ from experiments.sweep import SWEEPS, Run, expand, get_sweep, run_sweep, shard
 def test_every_sweep_expands_at_every_scale_without_duplicates():
     get_sweep("tradeoff")
     assert {"tradeoff", "ratio", "window", "inference_window", "gqa", "depth_width", "softcap_vs_qknorm",
-            "long_context"} <= set(SWEEPS)
+            "long_context", "distill", "teacher_size", "embedding"} <= set(SWEEPS)
     for name in SWEEPS:
         for scale in sw.SCALES:
             runs = expand(name, scale)
             assert runs and len({r.key for r in runs}) == len(runs)
             for r in runs:
-                r.config.base_model_config()  # every point is a valid model
+                if isinstance(r.config, RunConfig):  # the embedding sweep has its own config
+                    r.config.base_model_config()  # every point is a valid model
 
 
 def test_tradeoff_is_parameter_matched_and_covers_the_patterns():
@@ -59,6 +60,19 @@ def test_shards_are_disjoint_and_cover_all_runs(n):
         trained = {r.config.short_hash() for r in p}
         others = {r.config.short_hash() for q in parts if q is not p for r in q}
         assert not trained & others
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_shards_keep_students_with_their_teacher(n):
+    runs = expand("distill", "default")
+    students = [r for r in runs if getattr(r.config, "teacher", None)]
+    assert students
+    for i in range(n):
+        part = shard(runs, i, n)
+        hashes = {r.config.short_hash() for r in part}
+        for r in part:
+            if r.config.teacher and r.config.teacher.startswith("@"):
+                assert r.config.teacher[1:] in hashes
 
 
 def test_bad_shard_and_scale_and_name():
