@@ -30,8 +30,8 @@ BASES: dict[str, RunConfig] = {
         overrides=(("num_layers", 6), ("width", 32), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 16), ("mlp_width", 64), ("window", 16))),
     "default": RunConfig(
-        preset="small_gemma3", vocab_size=8192, steps=250, batch=16, seq_len=256, warmup=25, lr=3e-3,
-        eval_every=125, eval_batches=4, ckpt_every=50, log_every=10,
+        preset="small_gemma3", vocab_size=8192, steps=200, batch=16, seq_len=256, warmup=20, lr=3e-3,
+        eval_every=100, eval_batches=4, ckpt_every=50, log_every=10,
         overrides=(("num_layers", 8), ("width", 128), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 64), ("mlp_width", 512), ("window", 64))),
     "full": RunConfig(
