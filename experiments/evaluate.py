@@ -35,14 +35,19 @@ def evaluate_run(run_dir: str | Path, *, overrides: dict[str, Any] | None = None
     seq_len = seq_len or run.seq_len
     data = prepare_data(load_corpus(run.data), tokenizer, seq_len)
     val = data.validation_set(min(4 if quick else 16, len(data.validation)))
-    fn = evals.model_logits_fn(model)
-    whole = evals.loss_by_position(fn, np.asarray(val.inputs), np.asarray(val.targets),
-                                   buckets=((0, seq_len),), batch_size=4)
-    out: dict[str, Any] = {"eval_seq_len": seq_len, "val_loss": whole.loss[(0, seq_len)]}
-    out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
     has_local = "L" in cfg.layer_kinds
-    out.update(evals.run_probes(model, tokenizer, val, window=cfg.window if has_local else seq_len // 4,
-                                seq_len=seq_len, quick=quick, batch_size=4))
+    window = cfg.window if has_local else seq_len // 4
+    out: dict[str, Any] = {"eval_seq_len": seq_len}
+    out.update(evals.run_probes(model, tokenizer, val, window=window, seq_len=seq_len, quick=quick,
+                                batch_size=4))
+    # loss by position over every validation sequence (the probes' own figure uses only a few rows)
+    by_pos = evals.loss_by_position(evals.model_logits_fn(model), np.asarray(val.inputs),
+                                    np.asarray(val.targets), buckets=evals.default_buckets(seq_len, window),
+                                    batch_size=4)
+    out.update({f"loss_pos_{lo}_{hi}": v for (lo, hi), v in by_pos.loss.items()})
+    tokens = sum(by_pos.tokens.values())
+    out["val_loss"] = sum(by_pos.loss[b] * n for b, n in by_pos.tokens.items()) / max(tokens, 1)
+    out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
     out["cache_bytes_32k"] = int(arch.memory.cache_bytes(cfg, CONTEXT_FOR_MEMORY, dtype="bfloat16"))
     out["weights_bytes_bf16"] = int(arch.memory.weights_bytes(cfg, "bfloat16"))
     out["params_non_embedding"] = arch.count_params(cfg)["non_embedding"]

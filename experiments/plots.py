@@ -28,8 +28,8 @@ def _done(df: pd.DataFrame) -> pd.DataFrame:
 def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
     """``evals.<prefix><number>`` columns of a row as sorted (number, value) pairs."""
     pairs = []
-    for col, value in row.items():
-        m = re.fullmatch(rf"evals\.{prefix}(\d+)", str(col))
+    for col, value in row.items():  # "<prefix><n>" or a bucket "<prefix><lo>_<hi>" (plotted at lo)
+        m = re.fullmatch(rf"evals\.{prefix}(\d+)(?:_\d+)?", str(col))
         if m and pd.notna(value):
             pairs.append((float(m.group(1)), float(value)))
     return sorted(pairs)
