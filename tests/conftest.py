@@ -1,9 +1,12 @@
 """Shared fixtures. Nothing here runs at import time beyond defining fixtures (keeps collection fast)."""
 
 import itertools
+import random
 
 import jax
 import pytest
+
+WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
 
 
 @pytest.fixture
@@ -11,3 +14,19 @@ def getkey():
     """A fresh, deterministic PRNG key on every call (Equinox's test idiom)."""
     counter = itertools.count()
     return lambda: jax.random.key(next(counter))
+
+
+def _write_corpus(folder, n_docs: int = 30, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 9))) for _ in range(40))
+        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def write_corpus():
+    """``write_corpus(folder, n_docs=30, seed=0) -> str``: a tiny deterministic text corpus of
+    code-like words, one ``.txt`` file per document, for training tests."""
+    return _write_corpus

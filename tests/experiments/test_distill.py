@@ -3,7 +3,6 @@
 
 import json
 import math
-import random
 
 import jax
 import jax.numpy as jnp
@@ -166,20 +165,8 @@ def test_precomputed_samples_path_matches_on_the_fly():
 
 
 # ------------------------------------------------------------------------------- teachers, end to end
-WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
-
-
-def write_corpus(folder, n_docs: int = 30, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_docs):
-        lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 9))) for _ in range(40))
-        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, write_corpus):
     """A tiny teacher trained 4 steps in a sweep-like folder, and a student config beside it."""
     root = tmp_path_factory.mktemp("distill")
     mp = pytest.MonkeyPatch()

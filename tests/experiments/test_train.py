@@ -2,7 +2,6 @@
 
 import json
 import math
-import random
 import re
 import shutil
 
@@ -13,20 +12,9 @@ from experiments import checkpoint, losses
 from experiments.runconfig import RunConfig
 from experiments.train import NonFiniteLossError, load_trained, main, parse_args, parse_value, train
 
-WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
-
-
-def write_corpus(folder, n_docs: int = 30, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n_docs):
-        lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 9))) for _ in range(40))
-        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
-    return str(folder)
-
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, write_corpus):
     """A tiny corpus, a private cache root, and a tiny 2-layer (L, G) run on it."""
     root = tmp_path_factory.mktemp("train")
     mp = pytest.MonkeyPatch()
