@@ -104,7 +104,7 @@ def load_teacher_model(path: str | Path, tokenizer) -> tuple[eqx.Module, dict]:
     path = Path(path)
     kind = _kind(path)
     if kind == "run":
-        from experiments.train import load_trained  # train imports this module
+        from experiments.trained import load_trained
 
         if not (path / "summary.json").exists():
             raise ValueError(f"teacher run {str(path)!r} has no summary.json: it is not trained yet. "

@@ -39,7 +39,8 @@ from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.losses import get_loss, xent
 from experiments.runconfig import RunConfig
 from experiments.teacher import Teacher, load_teacher
-from experiments.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+from experiments.tokenizer import get_tokenizer
+from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -330,26 +331,6 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     if jax.process_index() == 0:
         _write_json(summary_path, summary)
     return summary
-
-
-def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]:
-    """``(model, tokenizer, run)`` from a run directory's final checkpoint, for evals and notebooks."""
-    run_dir = Path(run_dir)
-    run = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    summary_path = run_dir / "summary.json"
-    tok_path = run.tokenizer
-    if tok_path is None and summary_path.exists():
-        tok_path = json.loads(summary_path.read_text()).get("tokenizer_path")
-    if tok_path is not None and Path(tok_path).exists():
-        tok = load_tokenizer(tok_path)
-    else:
-        tok = get_tokenizer(load_corpus(run.data), vocab_size=run.vocab_size)
-    cfg = run.model_config(tok.vocab_size)
-    abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
-    is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
-    like, static = eqx.partition(abstract, is_param)
-    params = checkpoint.restore_prefix(run_dir / checkpoint.CKPT_NAME, like)  # (params, opt_state)
-    return eqx.combine(params, static), tok, run
 
 
 # ------------------------------------------------------------------------------------------------ CLI

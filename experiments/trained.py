@@ -1,0 +1,40 @@
+"""``load_trained(run_dir)``: a finished (or checkpointed) training run read back as a model.
+
+Used by evaluations, sweeps, sampling, teachers and notebooks; the params are the leading part of the
+``(params, opt_state)`` checkpoint the training loop writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+import arch
+from experiments import checkpoint
+from experiments.corpus import load_corpus
+from experiments.runconfig import RunConfig
+from experiments.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+
+
+def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]:
+    """``(model, tokenizer, run)`` from a run directory's final checkpoint, for evals and notebooks."""
+    run_dir = Path(run_dir)
+    run = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    summary_path = run_dir / "summary.json"
+    tok_path = run.tokenizer
+    if tok_path is None and summary_path.exists():
+        tok_path = json.loads(summary_path.read_text()).get("tokenizer_path")
+    if tok_path is not None and Path(tok_path).exists():
+        tok = load_tokenizer(tok_path)
+    else:
+        tok = get_tokenizer(load_corpus(run.data), vocab_size=run.vocab_size)
+    cfg = run.model_config(tok.vocab_size)
+    abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
+    is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
+    like, static = eqx.partition(abstract, is_param)
+    params = checkpoint.restore_prefix(run_dir / checkpoint.CKPT_NAME, like)  # (params, opt_state)
+    return eqx.combine(params, static), tok, run
