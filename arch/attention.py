@@ -6,6 +6,7 @@ with partial RoPE). The visibility rule is :mod:`arch.masks`.
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
@@ -69,10 +70,10 @@ class Attention(AbstractMixer):
         self.impl = cfg.attn_impl
 
     def _qkv(self, x: Hidden, positions: Positions):
-        t = x.shape[0]
-        q = self.q_proj(x).reshape(t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(t, self.num_kv_heads, self.head_dim)
+        lead = x.shape[:-1]  # [t] or [b, t]: the projections see every row of the batch at once
+        q = self.q_proj(x).reshape(*lead, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(*lead, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(*lead, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:  # Gemma 3: QK-norm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         rope = dict(base=self.rope_base, rotary_dim=self.rotary_dim, scale=self.rope_scale)
@@ -81,11 +82,17 @@ class Attention(AbstractMixer):
     def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
                  ) -> Hidden:
         q, k, v = self._qkv(x, positions)
-        out = kernels.attention(
-            q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
-            softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
-        )
-        return self.o_proj(out.reshape(x.shape[0], -1))
+
+        def attend(q, k, v, segment_ids):
+            return kernels.attention(
+                q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
+                softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
+            )
+
+        if x.ndim == 3:  # a batch: the kernels take one sequence each
+            attend = jax.vmap(attend, in_axes=(0, 0, 0, None if segment_ids is None else 0))
+        out = attend(q, k, v, segment_ids)
+        return self.o_proj(out.reshape(*x.shape[:-1], -1))
 
     def init_cache(self, max_len: int, dtype) -> KVCache:
         size = max_len if self.window is None else min(self.window, max_len)

@@ -59,14 +59,17 @@ class LM(eqx.Module):
 
     def hidden(self, tokens: Tokens, *, segment_ids: Int[Array, " t"] | None = None) -> Hidden:
         """The residual stream after the last block (before the final norm)."""
-        positions = jnp.arange(tokens.shape[0])
+        positions = jnp.arange(tokens.shape[-1])
         x = self.embed_tokens(tokens)
         for block in self.blocks:
             x = block(x, positions, segment_ids=segment_ids)
         return x
 
     def __call__(self, tokens: Tokens, *, segment_ids: Int[Array, " t"] | None = None) -> Logits:
-        """Logits ``[t, vocab]`` for one sequence; batch with ``jax.vmap``."""
+        """Logits ``[t, vocab]`` for one sequence ``[t]``, or ``[b, t, vocab]`` for a batch ``[b, t]``.
+
+        A batch runs every projection as one ``[b * t, d]`` matmul (what training wants); attention and
+        the recurrence see one sequence at a time. ``jax.vmap`` over single sequences is equivalent."""
         return self.logits(self.hidden(tokens, segment_ids=segment_ids))
 
     def init_cache(self, max_len: int, *, dtype=jnp.float32) -> Cache:

@@ -128,24 +128,29 @@ class RecurrentMixer(AbstractMixer):
         self.rg_lru = RGLRU(cfg, key=lk)
         self.activation = cfg.mlp_activation
 
-    def _mix(self, x, positions, state: ConvState | None, segment_ids=None):
-        y_branch = activation(self.activation)(self.linear_y(x))
-        xb, tail = causal_conv1d(self.linear_x(x), self.conv_weight, self.conv_bias,
-                                 None if state is None else state.conv)
+    def _recur(self, xb: Recurrent, positions: Positions, state: ConvState | None, segment_ids=None):
+        """Conv1D + RG-LRU over one sequence, from ``state`` (or a fresh start)."""
+        xb, tail = causal_conv1d(xb, self.conv_weight, self.conv_bias, None if state is None else state.conv)
         reset = positions == 0
         if segment_ids is not None:  # packed documents: each starts afresh
             reset |= jnp.concatenate([jnp.ones((1,), bool), segment_ids[1:] != segment_ids[:-1]])
         h, h_last = self.rg_lru(xb, reset, None if state is None else state.h)
-        return self.linear_out(h * y_branch), ConvState(conv=tail, h=h_last)
+        return h, ConvState(conv=tail, h=h_last)
 
     def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
                  ) -> Hidden:
-        return self._mix(x, positions, None, segment_ids)[0]
+        """One sequence ``[t, d]`` or a batch ``[b, t, d]`` (projections over the whole batch)."""
+        y_branch = activation(self.activation)(self.linear_y(x))
+        recur = lambda xb, seg: self._recur(xb, positions, None, seg)[0]
+        if x.ndim == 3:
+            recur = jax.vmap(recur, in_axes=(0, None if segment_ids is None else 0))
+        return self.linear_out(recur(self.linear_x(x), segment_ids) * y_branch)
 
     def init_cache(self, max_len: int, dtype) -> ConvState:
         w, r = self.conv_weight.shape
         return ConvState(conv=jnp.zeros((w - 1, r), dtype), h=jnp.zeros((r,), jnp.float32))
 
     def step(self, x: Hidden, positions: Positions, cache: ConvState) -> tuple[Hidden, ConvState]:
-        out, state = self._mix(x, positions, cache)
-        return out, ConvState(conv=state.conv.astype(cache.conv.dtype), h=state.h)
+        y_branch = activation(self.activation)(self.linear_y(x))
+        h, state = self._recur(self.linear_x(x), positions, cache)
+        return self.linear_out(h * y_branch), ConvState(conv=state.conv.astype(cache.conv.dtype), h=state.h)

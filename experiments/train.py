@@ -78,24 +78,25 @@ def batch_loss(params, static, batch: dict, loss_fn=xent, loss_kwargs: dict | No
                doc_mask: bool = True) -> tuple[jax.Array, jax.Array]:
     """Token-weighted mean of the per-sequence loss over the batch, and the token count.
 
-    The model runs on one sequence; ``jax.vmap`` batches it (Equinox style). A ``teacher`` model in
-    ``loss_kwargs`` runs on the same sequence without gradient and the loss gets its ``teacher_logits``;
-    batch entries besides inputs/targets/segment_ids (precomputed teacher samples) go to the loss by name.
+    The model runs on the whole ``[B, T]`` batch, so every projection is one ``[B * T, d]`` matmul;
+    the per-sequence loss is vmapped. A ``teacher`` model in ``loss_kwargs`` runs on the same tokens
+    without gradient and the loss gets its ``teacher_logits``; batch entries besides
+    inputs/targets/segment_ids (precomputed teacher samples) go to the loss by name.
     """
     model = eqx.combine(params, static)
     kw = dict(loss_kwargs or {})
     teacher = kw.pop("teacher", None)
+    seg = batch["segment_ids"] if doc_mask else None
+    logits = model(batch["inputs"], segment_ids=seg)
+    more = {k: v for k, v in batch.items() if k not in ("inputs", "targets", "segment_ids")}
+    if teacher is not None:  # Gemma 2 section 3.2: the frozen teacher on the same tokens
+        more["teacher_logits"] = jax.lax.stop_gradient(teacher(batch["inputs"], segment_ids=seg))
+    mask = jnp.ones(batch["targets"].shape, jnp.float32)  # packed sequences: every target counts
 
-    def one(seq):
-        seg = seq["segment_ids"] if doc_mask else None
-        logits = model(seq["inputs"], segment_ids=seg)
-        mask = jnp.ones(seq["targets"].shape, jnp.float32)  # packed sequences: every target counts
-        more = {k: v for k, v in seq.items() if k not in ("inputs", "targets", "segment_ids")}
-        if teacher is not None:  # Gemma 2 section 3.2: the frozen teacher on the same tokens
-            more["teacher_logits"] = jax.lax.stop_gradient(teacher(seq["inputs"], segment_ids=seg))
-        return loss_fn(logits.astype(jnp.float32), seq["targets"], mask, **kw, **more), mask.sum()
+    def one(logits, targets, mask, more):
+        return loss_fn(logits.astype(jnp.float32), targets, mask, **kw, **more)
 
-    losses, counts = jax.vmap(one)(batch)
+    losses, counts = jax.vmap(one)(logits, batch["targets"], mask, more), mask.sum(axis=-1)
     total = jnp.sum(counts)
     return jnp.sum(losses * counts) / jnp.maximum(total, 1.0), total
 

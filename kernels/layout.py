@@ -1,0 +1,41 @@
+"""Row-major transposes XLA's CPU backend cannot fold away, for its fast bf16 matmul path.
+
+XLA's CPU backend runs a bf16 x bf16 -> f32 dot on its fast (YNNPACK) path only when the product is
+laid out ``[..., m, k] @ [..., k, n]`` with both operands row-major; a ``jnp.swapaxes`` operand is
+folded into the dot's dimension numbers, and such a dot falls back to an f32 path that runs 2-4x
+slower. A transpose returned from a branch of a conditional stays a real copy, so the dot sees a
+row-major operand. Elsewhere (GPU, TPU) the copy is one cheap pass over a small tensor.
+"""
+
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+# A quiet-NaN bit pattern whose payload no arithmetic produces: the guard of `physical_swap`.
+_SENTINEL = 0x7FC0_5AFE
+
+
+def physical_swap(a: Array) -> Array:
+    """``jnp.swapaxes(a, -1, -2)``, written out row-major.
+
+    The guard (false only if the first element carries the sentinel NaN payload) is a value XLA
+    cannot know at compile time, which keeps the conditional; on that branch the product is NaN
+    anyway, so the result is NaN there.
+    """
+    first = lax.bitcast_convert_type(a.reshape(-1)[0].astype(jnp.float32), jnp.int32)
+    shape = (*a.shape[:-2], a.shape[-1], a.shape[-2])
+    return lax.cond(first != _SENTINEL, lambda a: jnp.swapaxes(a, -1, -2),
+                    lambda a: jnp.full(shape, jnp.nan, a.dtype), a)
+
+
+def dot(a: Array, b: Array) -> Array:
+    """``a @ b`` over matching leading (batch) axes, accumulated in f32."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def dot_tn(a: Array, b: Array) -> Array:
+    """``swapaxes(a) @ b``: a contraction over the long second-to-last axis of both operands (weight
+    gradients), transposing whichever operand is narrower."""
+    if a.shape[-1] <= b.shape[-1]:
+        return dot(physical_swap(a), b)
+    return physical_swap(dot(physical_swap(b), a))

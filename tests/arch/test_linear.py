@@ -1,0 +1,56 @@
+"""The bf16 matmul (forward and its bf16 backward) against the f32 product, and batch == vmap."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import arch
+from arch.linear import matmul
+
+
+def _loss(dtype):
+    return lambda x, w, c: jnp.sum(jnp.sin(matmul(x, w, dtype)) * c)
+
+
+@pytest.mark.parametrize("shape", [(64, 24), (3, 32, 24), (4, 24)])  # the 4-row case is the decode path
+def test_bf16_matmul_values_and_gradients_match_f32(shape):
+    x = jr.normal(jr.key(0), shape)
+    w = jr.normal(jr.key(1), (40, 24)) / 5
+    c = jr.normal(jr.key(2), (*shape[:-1], 40))
+    np.testing.assert_allclose(matmul(x, w, "bfloat16"), x @ w.T, rtol=0.02, atol=0.05)
+    want = jax.grad(_loss("float32"), argnums=(0, 1))(x, w, c)
+    got = jax.jit(jax.grad(_loss("bfloat16"), argnums=(0, 1)))(x, w, c)
+    for g, h in zip(got, want):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, h, rtol=0.03, atol=0.03 * float(jnp.abs(h).max()))
+
+
+def test_bf16_gradients_under_vmap_equal_the_batched_call():
+    x, w = jr.normal(jr.key(0), (3, 32, 24)), jr.normal(jr.key(1), (40, 24)) / 5
+    c = jr.normal(jr.key(2), (3, 32, 40))
+    loss = _loss("bfloat16")
+    batched = jax.grad(loss, argnums=1)(x, w, c)
+    per_seq = jax.grad(lambda w: jnp.sum(jax.vmap(lambda x, c: loss(x, w, c))(x, c)))(w)
+    np.testing.assert_allclose(per_seq, batched, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma3", "tiny_gemma2", "tiny_recurrentgemma"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_model_equals_vmapped_model(name, dtype):
+    """One ``[b, t]`` call (how training runs) equals the per-sequence model, logits and gradients."""
+    model = arch.LM(arch.preset(name, matmul_dtype=dtype), key=jr.key(0))
+    tokens = jr.randint(jr.key(1), (3, 20), 0, model.cfg.vocab_size)
+    seg = jnp.array([[0] * 9 + [1] * 11, [0] * 20, [0] * 4 + [1] * 16])
+
+    def loss(m, batched):
+        one = jax.vmap(lambda t, s: m(t, segment_ids=s))
+        out = m(tokens, segment_ids=seg) if batched else one(tokens, seg)
+        return jnp.mean(jax.nn.log_softmax(out)[..., 0]), out
+
+    (lb, ob), gb = jax.value_and_grad(loss, has_aux=True)(model, True)
+    (lv, ov), gv = jax.value_and_grad(loss, has_aux=True)(model, False)
+    np.testing.assert_allclose(ob, ov, rtol=1e-4, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(gb), jax.tree.leaves(gv)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
