@@ -83,15 +83,16 @@ def _eval_tasks(held: list[Pair], tokenizer, ec) -> dict:
         if not pairs:
             continue
         task: RetrievalTask = retrieval_task(name, pairs, max_queries=ec.eval_queries, max_docs=ec.eval_docs)
-        q = tokenize_texts(tokenizer, [query_text(x, name) for x in task.queries], ec.q_len)
-        d = tokenize_texts(tokenizer, [document_text(x) for x in task.docs], ec.p_len)
+        q = tokenize_texts(tokenizer, [query_text(x, name, ec.text_norm) for x in task.queries], ec.q_len)
+        d = tokenize_texts(tokenizer, [document_text(x, ec.text_norm) for x in task.docs], ec.p_len)
         out[name] = (task, q, d)
     return out
 
 
 def prepare(ec) -> EmbedData:
     """The :class:`EmbedData` of a config (memoised on the fields that decide it)."""
-    keys = ("vocab_size", "q_len", "p_len", "max_train_pairs", "eval_queries", "eval_docs", "hard_negatives")
+    keys = ("vocab_size", "q_len", "p_len", "max_train_pairs", "eval_queries", "eval_docs", "hard_negatives",
+            "text_norm")
     width = ec.model_config(ec.vocab_size).width
     want_teacher = ec.w_distill > 0 and ec.teacher not in (None, "none")
     return _prepare(tuple(getattr(ec, k) for k in keys), ec.teacher if want_teacher else None, width)
@@ -99,8 +100,9 @@ def prepare(ec) -> EmbedData:
 
 @functools.lru_cache(maxsize=4)
 def _prepare(key: tuple, teacher_spec: str | None, width: int) -> EmbedData:
-    vocab_size, q_len, p_len, max_train, eval_q, eval_d, hard = key
-    ec = type("Settings", (), dict(q_len=q_len, p_len=p_len, eval_queries=eval_q, eval_docs=eval_d))
+    vocab_size, q_len, p_len, max_train, eval_q, eval_d, hard, norm = key
+    ec = type("Settings", (), dict(q_len=q_len, p_len=p_len, eval_queries=eval_q, eval_docs=eval_d,
+                                   text_norm=norm))
     corpus = default_corpus()
     tokenizer = get_tokenizer(corpus, vocab_size=vocab_size)
     train, held = split(load_pairs(corpus))
@@ -113,8 +115,8 @@ def _prepare(key: tuple, teacher_spec: str | None, width: int) -> EmbedData:
         pair_neg = cached_bm25_negatives(train, docs, seed=0)
     else:
         pair_neg = np.full(len(train), -1, np.int64)
-    q_tok, q_mask = tokenize_texts(tokenizer, [query_text(p) for p in train], q_len)
-    d_tok, d_mask = tokenize_texts(tokenizer, [document_text(d) for d in docs], p_len)
+    q_tok, q_mask = tokenize_texts(tokenizer, [query_text(p, norm=norm) for p in train], q_len)
+    d_tok, d_mask = tokenize_texts(tokenizer, [document_text(d, norm) for d in docs], p_len)
     by_task = {t: np.flatnonzero([p.task == t for p in train]) for t in ("code", "topic")}
     data = EmbedData(
         tokenizer=tokenizer, pairs=train, q_tok=q_tok, q_mask=q_mask, d_tok=d_tok, d_mask=d_mask,

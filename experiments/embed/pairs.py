@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -202,21 +203,41 @@ def cached_bm25_negatives(pairs: Sequence[Pair], docs: Sequence[str], *, seed: i
 
 # --------------------------------------------------------------------------------------- model inputs
 TASK_PROMPTS = {"code": "code retrieval", "topic": "search result"}  # report section 2.2 task names
+TEXT_NORMS = ("raw", "code")
+# Identifier boundaries: a lower-case letter or digit before an upper-case one, or an acronym before a
+# capitalised word ("HTTPServer" -> "HTTP Server").
+_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
-def query_text(pair_or_query, task: str = "code") -> str:
-    """The query as the model sees it: with the task prompt (section 2.2)."""
+def normalise_code(text: str) -> str:
+    """Code-aware text normalisation, the same word splitting as the BM25 baseline: identifiers split at
+    camelCase humps and underscores, then lower-cased (``"getFileSize(path_name)" ->
+    "get file size(path name)"``). Without it the subword tokens of ``getFileSize`` share almost
+    nothing with those of "Return the file size", and a small model has no lexical signal to start
+    from."""
+    return _HUMP.sub(" ", text).replace("_", " ").lower()
+
+
+def _normalised(text: str, norm: str) -> str:
+    if norm not in TEXT_NORMS:
+        raise ValueError(f"text normalisation {norm!r}: must be one of {TEXT_NORMS}")
+    return normalise_code(text) if norm == "code" else text
+
+
+def query_text(pair_or_query, task: str = "code", norm: str = "raw") -> str:
+    """The query as the model sees it: normalised (``norm``), with the task prompt (section 2.2)."""
     from arch.embedding import format_query
 
     q, task = (pair_or_query.query, pair_or_query.task) if isinstance(pair_or_query, Pair) \
         else (pair_or_query, task)
-    return format_query(q, task=TASK_PROMPTS.get(task, "search result"))
+    return format_query(_normalised(q, norm), task=TASK_PROMPTS.get(task, "search result"))
 
 
-def document_text(text: str) -> str:
+def document_text(text: str, norm: str = "raw") -> str:
+    """The document as the model sees it: normalised (``norm``), with the title prompt (section 2.2)."""
     from arch.embedding import format_document
 
-    return format_document(text)
+    return format_document(_normalised(text, norm))
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,12 +49,12 @@ BASES: dict[str, EmbedConfig] = {
         dense_mult=2, mrl_dims=(32, 16, 8), q_len=64, p_len=64, max_train_pairs=512, eval_queries=48,
         eval_docs=160, steps=25, batch=16, lr=3e-3, warmup=3, lm_steps=20, lm_batch=8, lm_seq_len=64,
         adapt_steps=10, adapt_seq_len=64, teacher="none", log_every=5, init="encoder"),
-    # about a minute per run on 2 cores (the whole sweep: ~15 minutes after the teacher cache)
+    # a few minutes per run on 2 cores
     "default": EmbedConfig(
         preset="small_embeddinggemma", vocab_size=8192, overrides=tuple({
             **_TRUNK, "num_layers": 4, "width": 128, "head_dim": 64, "mlp_width": 512, "window": 64}.items()),
         dense_mult=4, mrl_dims=(128, 64, 32, 16), q_len=32, p_len=64, eval_queries=400, eval_docs=1000,
-        steps=150, batch=32, lr=3e-3, warmup=15, lm_steps=300, lm_batch=16, lm_seq_len=128,
+        steps=200, batch=64, lr=1e-3, warmup=20, lm_steps=300, lm_batch=16, lm_seq_len=128,
         adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=1.0, init="encoder"),
     # a GPU: the report's head shape at a larger trunk
     "full": EmbedConfig(

@@ -32,6 +32,7 @@ from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.losses import embedding_loss
+from experiments.embed.pairs import TEXT_NORMS
 from experiments.runconfig import decay_mask
 
 
@@ -59,6 +60,7 @@ class EmbedConfig:
     # data
     mixture: tuple[tuple[str, float], ...] = (("code", 0.9), ("topic", 0.1))
     hard_negatives: str = "bm25"  # "bm25" | "none"
+    text_norm: str = "code"  # "code": identifiers split and lower-cased (pairs.normalise_code) | "raw"
     q_len: int = 32
     p_len: int = 128
     max_train_pairs: int | None = None
@@ -90,6 +92,8 @@ class EmbedConfig:
         object.__setattr__(self, "mrl_dims", tuple(int(d) for d in self.mrl_dims))
         if self.qat is not None and self.qat not in quant.SCHEMES:
             raise ValueError(f"EmbedConfig.qat={self.qat!r}: must be None or one of {quant.SCHEMES}")
+        if self.text_norm not in TEXT_NORMS:
+            raise ValueError(f"EmbedConfig.text_norm={self.text_norm!r}: must be one of {TEXT_NORMS}")
         if self.hard_negatives not in ("bm25", "none"):
             raise ValueError(f"EmbedConfig.hard_negatives={self.hard_negatives!r}: 'bm25' or 'none'")
         width = self.model_config(self.vocab_size).width

@@ -118,3 +118,17 @@ def test_soup_of_identical_models_is_the_identity_and_averages_otherwise():
     np.testing.assert_allclose(np.asarray(s(tokens)), np.asarray(a(tokens)), atol=1e-6)
     with pytest.raises(ValueError, match="another parameter structure"):
         soup([a, arch.EmbeddingModel(cfg, key=jax.random.key(0), dense_dims=(8,))])
+
+
+def test_code_normalisation_gives_query_and_code_shared_words():
+    from experiments.embed.pairs import document_text, normalise_code, query_text
+
+    assert normalise_code("def getFileSize(path_name): return HTTPServer") == \
+        "def get file size(path name): return http server"
+    q, d = query_text("Return the file size", "code", "code"), document_text("def getFileSize(self):", "code")
+    assert q == "task: code retrieval | query: return the file size"
+    assert d == "title: none | text: def get file size(self):"
+    assert {"file", "size"} <= set(q.split()) & set(d.replace("(", " ").split())
+    assert document_text("getFileSize") == "title: none | text: getFileSize"  # "raw" keeps the text
+    with pytest.raises(ValueError, match="normalisation"):
+        document_text("x", "lower")
