@@ -19,6 +19,7 @@ from arch.mixer import AbstractMixer
 from arch.norms import RMSNorm
 from arch.rope import apply_rope
 from arch.typing import Hidden, Positions
+from kernels.attention.ref import masked_softmax_weights, softcap_logits
 
 
 class KVCache(eqx.Module):
@@ -28,6 +29,29 @@ class KVCache(eqx.Module):
     k: Float[Array, "s k e"]
     v: Float[Array, "s k e"]
     pos: Int[Array, " s"]
+
+
+def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"], *,
+                 q_pos: Int[Array, " t"], k_pos: Int[Array, " s"], window: int | None,
+                 softcap: float | None, scale: float) -> Float[Array, "t h e"]:
+    """Causal grouped-query attention of a chunk over cache slots, read in the cache's own dtype.
+
+    The same maths and mask as :func:`kernels.attention_reference` (identical for an f32 cache), but
+    both products take the cache dtype as inputs (``q`` and the softmax weights are cast to it; they
+    are a few values per head) and accumulate in f32. A bf16 cache is streamed as stored: no f32
+    copy and no transposed copy of it per decoded token, which at 32K context would cost more than
+    the attention itself.
+    """
+    t, h, e = q.shape
+    s, nkv, _ = k.shape
+    mask = kernels.visible(q_pos, k_pos, window=window, causal=True)
+    qg = q.reshape(t, nkv, h // nkv, e).astype(k.dtype)
+    logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
+    p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
+    # [k, g, t, s] x [s, k, e] -> [k, g, t, e], batched over KV heads, contracting the slot axis
+    out = jax.lax.dot_general(p.astype(v.dtype), v, (((3,), (0,)), ((0,), (1,))),
+                              preferred_element_type=jnp.float32) / denom
+    return out.transpose(2, 0, 1, 3).reshape(t, h, e).astype(q.dtype)
 
 
 class Attention(AbstractMixer):
@@ -127,8 +151,7 @@ class Attention(AbstractMixer):
             keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
             values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
             k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
-        out = kernels.attention_reference(
-            q, keys.astype(q.dtype), values.astype(q.dtype), window=self.window, causal=True,
-            softcap=self.softcap, scale=self.scale, q_pos=positions, k_pos=k_pos,
-        )
+        scale = self.head_dim**-0.5 if self.scale is None else self.scale
+        out = attend_cache(q, keys, values, q_pos=positions, k_pos=k_pos, window=self.window,
+                           softcap=self.softcap, scale=scale)
         return self.o_proj(out.reshape(t, -1)), written
