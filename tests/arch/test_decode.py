@@ -133,3 +133,26 @@ def test_bidirectional_config_refuses_to_decode():
     cache = arch.init_cache(cfg.replace(causal=True), 16)
     with pytest.raises(ValueError, match="bidirectional"):
         model.step(jnp.zeros((1,), jnp.int32), cache)
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma3", "tiny_global", "tiny_recurrentgemma"])
+@pytest.mark.parametrize("ctx", [5, 8, 19])  # inside the window, exactly one window, past two wraps
+def test_filled_cache_is_the_state_a_prefill_leaves(name, ctx):
+    """``filled_cache`` (random values, for timing decode at long context) has the shapes, dtypes and
+    slot positions of a real prefill of ``ctx`` tokens, and a decode step runs on it."""
+    cfg = arch.preset(name)
+    model = arch.LM(cfg, key=jax.random.key(0))
+    max_len = ctx + 4
+    tokens = jax.random.randint(jax.random.key(1), (ctx,), 0, cfg.vocab_size)
+    _, real = model.step(tokens, arch.init_cache(cfg, max_len, dtype=jnp.bfloat16))
+    fake = arch.cache.filled_cache(cfg, ctx, max_len, dtype=jnp.bfloat16)
+    assert jax.tree_util.tree_structure(fake) == jax.tree_util.tree_structure(real)
+    for a, b in zip(jax.tree_util.tree_leaves(fake), jax.tree_util.tree_leaves(real)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    assert int(fake.pos) == int(real.pos) == ctx
+    for kind, f, r in zip(cfg.layer_kinds, fake.layers, real.layers):
+        if kind in "GL":
+            np.testing.assert_array_equal(np.asarray(f.pos), np.asarray(r.pos))
+    logits, after = model.step(tokens[:1], fake)
+    assert logits.shape == (1, cfg.vocab_size) and bool(jnp.all(jnp.isfinite(logits)))
+    assert int(after.pos) == ctx + 1
