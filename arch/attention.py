@@ -72,6 +72,7 @@ class Attention(AbstractMixer):
     softcap: float | None = eqx.field(static=True)
     causal: bool = eqx.field(static=True)
     impl: str = eqx.field(static=True)
+    matmul_bf16: bool = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, window: int | None, key: PRNGKeyArray):
         qk, kk, vk, ok = jr.split(key, 4)
@@ -92,6 +93,7 @@ class Attention(AbstractMixer):
         self.softcap = cfg.attn_softcap
         self.causal = cfg.causal
         self.impl = cfg.attn_impl
+        self.matmul_bf16 = cfg.matmul_dtype == "bfloat16"
 
     def _qkv(self, x: Hidden, positions: Positions):
         lead = x.shape[:-1]  # [t] or [b, t]: the projections see every row of the batch at once
@@ -106,16 +108,12 @@ class Attention(AbstractMixer):
     def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
                  ) -> Hidden:
         q, k, v = self._qkv(x, positions)
-
-        def attend(q, k, v, segment_ids):
-            return kernels.attention(
-                q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
-                softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
-            )
-
-        if x.ndim == 3:  # a batch: the kernels take one sequence each
-            attend = jax.vmap(attend, in_axes=(0, 0, 0, None if segment_ids is None else 0))
-        out = attend(q, k, v, segment_ids)
+        if self.matmul_bf16:  # the attention products in bf16 too (f32 accumulation and softmax)
+            q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
+        out = kernels.attention(
+            q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
+            softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
+        )
         return self.o_proj(out.reshape(*x.shape[:-1], -1))
 
     def init_cache(self, max_len: int, dtype) -> KVCache:

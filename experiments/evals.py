@@ -8,7 +8,6 @@ take any batched ``logits_fn``; this module adapts a model to that interface and
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,24 +41,19 @@ __all__ = [
 # The model is an argument, not a closure: a closed-over model would be baked into the compiled
 # program as constants (slow to compile, and recompiled for every new set of weights).
 @eqx.filter_jit
-def _batched(model, tokens):
-    return jax.vmap(model)(tokens)
-
-
-@eqx.filter_jit
-def _single(model, tokens):
-    return model(tokens)
+def _logits(model, tokens):
+    return model(tokens)  # one sequence [T] or a batch [B, T] (one product per projection)
 
 
 def model_logits_fn(model, *, batch_jit: bool = True) -> LogitsFn:
-    """``tokens int32[B, T] -> logits[B, T, V]`` for an ``arch.LM`` (which maps one sequence).
+    """``tokens int32[B, T] -> logits[B, T, V]`` for an ``arch.LM``.
 
-    ``batch_jit=True`` compiles the vmapped model once per (B, T); ``False`` compiles one sequence and
+    ``batch_jit=True`` compiles the batched model once per (B, T); ``False`` compiles one sequence and
     loops over rows, which keeps only one sequence's activations alive (for long T on little memory).
     """
     if batch_jit:
-        return lambda tokens: _batched(model, jnp.asarray(tokens, jnp.int32))
-    return lambda tokens: jnp.stack([_single(model, jnp.asarray(row, jnp.int32)) for row in tokens])
+        return lambda tokens: _logits(model, jnp.asarray(tokens, jnp.int32))
+    return lambda tokens: jnp.stack([_logits(model, jnp.asarray(row, jnp.int32)) for row in tokens])
 
 
 def digit_ids(tokenizer) -> np.ndarray | None:

@@ -11,21 +11,27 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-# A quiet-NaN bit pattern whose payload no arithmetic produces: the guard of `physical_swap`.
+# A quiet-NaN bit pattern whose payload no arithmetic produces: the guard of `physical_transpose`.
 _SENTINEL = 0x7FC0_5AFE
 
 
-def physical_swap(a: Array) -> Array:
-    """``jnp.swapaxes(a, -1, -2)``, written out row-major.
+def physical_transpose(a: Array, axes: tuple[int, ...] | None = None) -> Array:
+    """``a.transpose(axes)`` (``None``: a plain copy), written out row-major.
 
     The guard (false only if the first element carries the sentinel NaN payload) is a value XLA
     cannot know at compile time, which keeps the conditional; on that branch the product is NaN
     anyway, so the result is NaN there.
     """
+    axes = tuple(range(a.ndim)) if axes is None else tuple(axes)
     first = lax.bitcast_convert_type(a.reshape(-1)[0].astype(jnp.float32), jnp.int32)
-    shape = (*a.shape[:-2], a.shape[-1], a.shape[-2])
-    return lax.cond(first != _SENTINEL, lambda a: jnp.swapaxes(a, -1, -2),
+    shape = tuple(a.shape[i] for i in axes)
+    return lax.cond(first != _SENTINEL, lambda a: jnp.transpose(a, axes),
                     lambda a: jnp.full(shape, jnp.nan, a.dtype), a)
+
+
+def physical_swap(a: Array) -> Array:
+    """``jnp.swapaxes(a, -1, -2)``, written out row-major."""
+    return physical_transpose(a, (*range(a.ndim - 2), a.ndim - 1, a.ndim - 2))
 
 
 def dot(a: Array, b: Array) -> Array:

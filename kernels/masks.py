@@ -28,12 +28,13 @@ def visible(
     causal: bool = True,
 ) -> Bool[Array, "t s"]:
     """Boolean [t, s] mask: may the query at ``q_pos[i]`` attend to the key at ``k_pos[j]``?
+    (Leading axes broadcast: ``[..., t]`` and ``[..., s]`` give ``[..., t, s]``.)
 
     ``window`` is the causal span (``0 <= i - j < window``) or, when ``causal=False``, the
     bidirectional radius (``|i - j| < window``).
     """
-    d = q_pos[:, None] - k_pos[None, :]
-    ok = k_pos[None, :] >= 0
+    d = q_pos[..., :, None] - k_pos[..., None, :]
+    ok = k_pos[..., None, :] >= 0
     if causal:
         ok &= d >= 0
         if window is not None:

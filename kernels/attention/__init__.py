@@ -5,6 +5,7 @@
 - ``"auto"``: ``pallas`` on GPU/TPU, ``xla`` on CPU (resolved in ``kernels._platform``).
 """
 
+import jax
 from jaxtyping import Array, Float, Int
 
 from kernels._platform import ATTENTION_IMPLS, resolve_impl, resolve_interpret
@@ -13,35 +14,41 @@ from kernels.attention.xla import attention_xla
 
 
 def attention(
-    q: Float[Array, "t h e"],
-    k: Float[Array, "s k e"],
-    v: Float[Array, "s k e"],
+    q: Float[Array, "*b t h e"],
+    k: Float[Array, "*b s k e"],
+    v: Float[Array, "*b s k e"],
     *,
     window: int | None = None,
     causal: bool = True,
     softcap: float | None = None,
     scale: float | None = None,
-    segment_ids: Int[Array, " t"] | None = None,
+    segment_ids: Int[Array, "*b t"] | None = None,
     impl: str = "auto",
     interpret: bool | None = None,
-) -> Float[Array, "t h e"]:
-    """Grouped-query attention of one sequence; see :mod:`kernels.masks` for the window rule.
+) -> Float[Array, "*b t h e"]:
+    """Grouped-query attention of one sequence or a batch; see :mod:`kernels.masks` for the window rule.
 
-    q ``[t, h, e]``, k and v ``[t, k, e]`` with ``h % k == 0``; ``scale`` defaults to ``e ** -0.5``;
-    ``softcap`` applies ``cap * tanh(logits / cap)`` before the mask. Batch with ``jax.vmap``.
+    q ``[t, h, e]`` (or ``[b, t, h, e]``), k and v ``[t, k, e]`` with ``h % k == 0``; ``scale``
+    defaults to ``e ** -0.5``; ``softcap`` applies ``cap * tanh(logits / cap)`` before the mask.
     """
-    if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
+    if q.shape[-2] % k.shape[-2]:
+        raise ValueError(f"query heads ({q.shape[-2]}) must be a multiple of kv heads ({k.shape[-2]})")
     if window is not None and window < 1:
         raise ValueError(f"window={window!r} must be None or >= 1")
-    kwargs = dict(window=window, causal=causal, softcap=softcap, scale=scale, segment_ids=segment_ids)
+    kwargs = dict(window=window, causal=causal, softcap=softcap, scale=scale)
     match resolve_impl(impl, ATTENTION_IMPLS):
         case "xla":
-            return attention_xla(q, k, v, **kwargs)
+            return attention_xla(q, k, v, segment_ids=segment_ids, **kwargs)
         case "pallas":
             from kernels.attention.pallas import attention_pallas
 
-            return attention_pallas(q, k, v, interpret=resolve_interpret(interpret), **kwargs)
+            def one(q, k, v, segment_ids):
+                return attention_pallas(q, k, v, interpret=resolve_interpret(interpret),
+                                        segment_ids=segment_ids, **kwargs)
+
+            if q.ndim == 4:  # the kernels take one sequence each
+                one = jax.vmap(one, in_axes=(0, 0, 0, None if segment_ids is None else 0))
+            return one(q, k, v, segment_ids)
     raise AssertionError("unreachable")
 
 

@@ -1,8 +1,13 @@
-"""Plain-JAX attention whose cost follows what a query can see.
+"""Plain-JAX attention whose cost follows what a query can see: the CPU path of every layer.
 
 Global layers are dense (every key is visible). Local layers are computed in query blocks of
 ``block`` rows; each block gathers only the key blocks that intersect its band, so time and memory
-are O(t * (window + block)) rather than O(t^2). This is the CPU path of every local layer.
+are O(t * window) rather than O(t^2). Both run :func:`kernels.attention.rows.attend_rows`, whose
+backward is written out with row-major products (bf16 stays bf16 on XLA's CPU fast path). Query
+heads that share a KV head become rows of one product (GQA as a taller matrix, not a repeat of K/V).
+
+Inputs are one sequence ``q [t, h, e]`` or a batch ``q [b, t, h, e]`` (segment ids ``[t]`` or
+``[b, t]``); a batch is one product per layer, not a ``vmap`` of per-sequence products.
 """
 
 import math
@@ -11,8 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kernels.attention.ref import attention_reference, masked_softmax_combine, softcap_logits
-from kernels.masks import visible
+from kernels.attention.rows import attend_rows
 
 
 def _block_size(window: int) -> int:
@@ -20,26 +24,73 @@ def _block_size(window: int) -> int:
     return 1 << max(4, min(7, math.ceil(math.log2(max(window, 2) / 2))))
 
 
+def _batched(fn):
+    """Run ``fn`` on ``[b, t, ...]`` inputs; a single ``[t, ...]`` sequence gets a batch axis of 1."""
+    def wrapper(q, k, v, *, segment_ids=None, **kw):
+        if q.ndim == 4:
+            return fn(q, k, v, segment_ids=segment_ids, **kw)
+        seg = None if segment_ids is None else segment_ids[None]
+        return fn(q[None], k[None], v[None], segment_ids=seg, **kw)[0]
+    return wrapper
+
+
+def _as_rows(q: Array, nkv: int) -> Array:
+    """``[..., t, h, e] -> [..., k, g * t, e]``: the g query heads of KV head k stacked as rows."""
+    *lead, t, h, e = q.shape
+    n = len(lead)
+    q = q.reshape(*lead, t, nkv, h // nkv, e)
+    return q.transpose(*range(n), n + 1, n + 2, n, n + 3).reshape(*lead, nkv, h // nkv * t, e)
+
+
+def _from_rows(o: Array, t: int) -> Array:
+    """Inverse of :func:`_as_rows`."""
+    *lead, nkv, gt, e = o.shape
+    n = len(lead)
+    o = o.reshape(*lead, nkv, gt // t, t, e)
+    return o.transpose(*range(n), n + 2, n, n + 1, n + 3).reshape(*lead, t, gt // t * nkv, e)
+
+
+def _heads_first(k: Array) -> Array:
+    """``[..., s, k, e] -> [..., k, s, e]``."""
+    n = k.ndim - 3
+    return k.transpose(*range(n), n + 1, n, n + 2)
+
+
+@_batched
+def dense_attention(q, k, v, *, window=None, causal=True, softcap=None, scale=None, segment_ids=None):
+    """Every query against every key (the mask does the rest): global layers and short sequences."""
+    b, t, h, e = q.shape
+    s, nkv = k.shape[1], k.shape[2]
+    g = h // nkv
+    scale = e**-0.5 if scale is None else scale
+    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    out = attend_rows(_as_rows(q, nkv), _heads_first(k), _heads_first(v),
+                      jnp.tile(jnp.arange(t), g), jnp.arange(s), jnp.tile(seg, (1, g)), seg,
+                      window, causal, scale, softcap)
+    return _from_rows(out, t)
+
+
+@_batched
 def local_attention_blocked(
-    q: Float[Array, "t h e"],
-    k: Float[Array, "t k e"],
-    v: Float[Array, "t k e"],
+    q: Float[Array, "*b t h e"],
+    k: Float[Array, "*b t k e"],
+    v: Float[Array, "*b t k e"],
     *,
     window: int,
     causal: bool = True,
     softcap: float | None = None,
     scale: float | None = None,
-    segment_ids: Int[Array, " t"] | None = None,
+    segment_ids: Int[Array, "*b t"] | None = None,
     block: int | None = None,
     rows_per_step: int = 1024,
-) -> Float[Array, "t h e"]:
+) -> Float[Array, "*b t h e"]:
     """Sliding-window attention, blocked: query block i reads only key blocks i - before .. i + after.
 
-    The blocks are walked by ``lax.map`` about ``rows_per_step`` query rows at a time, so the
-    working set stays cache-sized however long the sequence is.
+    The blocks are walked by ``lax.map`` about ``rows_per_step`` query rows (over the whole batch) at
+    a time, so the working set stays cache-sized however long the sequence is.
     """
-    t, h, e = q.shape
-    nkv = k.shape[1]
+    bsz, t, h, e = q.shape
+    nkv = k.shape[2]
     g = h // nkv
     scale = e**-0.5 if scale is None else scale
     b = block or _block_size(window)
@@ -49,39 +100,50 @@ def local_attention_blocked(
     span = before + 1 + after
     pad_t = nb * b - t
 
-    def blocks(x, fill=0):  # [t, ...] -> [before + nb + after, b, ...], padded on both sides
-        widths = [(before * b, pad_t + after * b)] + [(0, 0)] * (x.ndim - 1)
-        return jnp.pad(x, widths, constant_values=fill).reshape(before + nb + after, b, *x.shape[1:])
+    def blocks(x, fill=0):  # [B, t, ...] -> [B, before + nb + after, b, ...], padded on both sides
+        widths = [(0, 0), (before * b, pad_t + after * b)] + [(0, 0)] * (x.ndim - 2)
+        return jnp.pad(x, widths, constant_values=fill).reshape(x.shape[0], before + nb + after, b,
+                                                                *x.shape[2:])
 
-    def bands(x, fill=0):  # [nb, span * b, ...]: the keys each query block can reach (static slices)
+    def bands(x, fill=0):  # [B, nb, span * b, ...]: the keys each query block can reach
         xb = blocks(x, fill)
-        return jnp.concatenate([xb[s : s + nb] for s in range(span)], axis=1)
+        return jnp.concatenate([xb[:, s : s + nb] for s in range(span)], axis=2)
 
-    pos = jnp.arange(t)
-    q_pos = jnp.pad(pos, (0, pad_t), constant_values=-(2**30)).reshape(nb, b)
-    seg = jnp.zeros((t,), jnp.int32) if segment_ids is None else segment_ids
-    q_seg = jnp.pad(seg, (0, pad_t), constant_values=-1).reshape(nb, b)
-    qb = jnp.pad(q, ((0, pad_t), (0, 0), (0, 0))).reshape(nb, b, nkv, g, e)
-    inputs = (qb, bands(k), bands(v), q_pos, bands(pos, -1), q_seg, bands(seg, -2))  # -1: padding
+    pos = jnp.arange(t)[None]
+    seg = jnp.zeros((bsz, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    q_pos = jnp.tile(jnp.pad(pos[0], (0, pad_t), constant_values=-(2**30)).reshape(nb, b), (1, g))
+    k_pos = bands(pos, -1)[0]  # -1: padding, never visible
+    q_seg = jnp.tile(jnp.pad(seg, ((0, 0), (0, pad_t)), constant_values=-1).reshape(bsz, nb, b), (1, 1, g))
+    k_seg = bands(seg, -2)
+    qb = _as_rows(jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0))).reshape(bsz, nb, b, h, e), nkv)
+    kb, vb = _heads_first(bands(k)), _heads_first(bands(v))
 
-    def one_block(args):
-        qb, kb, vb, q_pos, k_pos, q_seg, k_seg = args
-        logits = jnp.einsum("qkge,ske->kgqs", qb, kb, preferred_element_type=jnp.float32) * scale
-        mask = visible(q_pos, k_pos, window=window, causal=causal) & (q_seg[:, None] == k_seg[None, :])
-        out = masked_softmax_combine(softcap_logits(logits, softcap), mask, vb.transpose(1, 0, 2)[:, None])
-        return out.transpose(2, 0, 1, 3)  # [k, g, q, e] -> [q, k, g, e]
+    def run(qb, kb, vb, q_pos, k_pos, q_seg, k_seg):
+        return attend_rows(qb, kb, vb, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)
 
-    out = jax.lax.map(one_block, inputs, batch_size=max(1, rows_per_step // b))
-    return out.reshape(nb * b, h, e)[:t].astype(q.dtype)
+    per_step = max(1, rows_per_step // (bsz * b))  # query blocks per lax.map step
+    if per_step >= nb:
+        out = run(qb, kb, vb, q_pos, k_pos, q_seg, k_seg)
+    else:  # walk chunks of blocks: the chunk axis goes first for lax.map
+        nc = -(-nb // per_step)
+
+        def chunked(x, axis):  # pad the block axis to nc * per_step and split it, chunk axis first
+            x = jnp.pad(x, [(0, 0)] * axis + [(0, nc * per_step - nb)] + [(0, 0)] * (x.ndim - axis - 1))
+            x = x.reshape(*x.shape[:axis], nc, per_step, *x.shape[axis + 1 :])
+            return jnp.moveaxis(x, axis, 0)
+
+        args = (chunked(qb, 1), chunked(kb, 1), chunked(vb, 1), chunked(q_pos, 0), chunked(k_pos, 0),
+                chunked(q_seg, 1), chunked(k_seg, 1))
+        out = jax.lax.map(lambda a: run(*a), args)
+        out = jnp.moveaxis(out, 0, 1).reshape(bsz, nc * per_step, *out.shape[3:])[:, :nb]
+    out = _from_rows(out, b).reshape(bsz, nb * b, h, e)
+    return out[:, :t].astype(q.dtype)
 
 
 def attention_xla(q, k, v, *, window=None, causal=True, softcap=None, scale=None, segment_ids=None):
     """Dense for global layers (or when the window covers the sequence), blocked for local ones."""
-    t = q.shape[0]
+    t = q.shape[-3]
+    kw = dict(window=window, causal=causal, softcap=softcap, scale=scale, segment_ids=segment_ids)
     if window is None or window >= t:  # the band covers everything: no blocks to skip
-        return attention_reference(
-            q, k, v, window=window, causal=causal, softcap=softcap, scale=scale, segment_ids=segment_ids
-        )
-    return local_attention_blocked(
-        q, k, v, window=window, causal=causal, softcap=softcap, scale=scale, segment_ids=segment_ids
-    )
+        return dense_attention(q, k, v, **kw)
+    return local_attention_blocked(q, k, v, **kw)

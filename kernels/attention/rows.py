@@ -1,0 +1,95 @@
+"""Masked softmax attention over rows of queries, with its backward pass written out.
+
+The maths is the standard one (FlashAttention-2, Dao 2023, Algorithms 1 and 2, without the tiling):
+
+    Z = scale * Q K^T,  S = cap * tanh(Z / cap) (Gemma 2 soft-cap; S = Z without it),
+    P = softmax(S | mask),  O = P V,
+    dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dZ = dS * (1 - (S / cap)^2),
+    dQ = scale * dZ K,  dK = scale * dZ^T Q.
+
+Why it is written out rather than left to autodiff: every product here is laid out
+``[..., m, k] @ [..., k, n]`` on row-major operands (:mod:`kernels.layout`), which is what XLA's CPU
+backend needs to run bf16 products on its fast path; the transposed operand is always the narrow one
+(``e`` columns, not ``s``). Products take the inputs' dtype (bf16 in bf16 training) and accumulate in
+f32, and P is cast to that dtype before ``P V`` as flash attention does. The backward recomputes P
+from the saved row log-sum-exp instead of keeping it.
+
+Shapes: ``q [..., h, m, e]`` (rows ``m``), ``k, v [..., h, s, e]`` (``h`` KV heads), row positions
+and segments ``[..., m]``, key positions and segments ``[..., s]``; the mask is
+:func:`kernels.masks.visible` and equal segments.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from kernels.layout import dot, dot_tn, physical_swap, physical_transpose
+from kernels.masks import visible
+
+
+def _mask(q_pos, k_pos, q_seg, k_seg, window, causal):
+    ok = visible(q_pos, k_pos, window=window, causal=causal) & (q_seg[..., :, None] == k_seg[..., None, :])
+    return ok[..., None, :, :]  # broadcast over KV heads
+
+
+def _scores(q, kt, scale, softcap):
+    s = dot(q, kt) * scale
+    return s if softcap is None else softcap * jnp.tanh(s / softcap)
+
+
+def _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap):
+    q, k, v = physical_transpose(q), physical_transpose(k), physical_transpose(v)  # row-major inputs
+    mask = _mask(q_pos, k_pos, q_seg, k_seg, window, causal)
+    s = jnp.where(mask, _scores(q, physical_swap(k), scale, softcap), -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)  # a row that sees nothing gives zeros, not NaN
+    p = jnp.exp(s - m)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    denom = jnp.where(denom > 0, denom, 1.0)
+    o = (dot(p.astype(v.dtype), v) / denom).astype(q.dtype)
+    return o, (q, k, v, o, m + jnp.log(denom))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def attend_rows(
+    q: Float[Array, "... h m e"],
+    k: Float[Array, "... h s e"],
+    v: Float[Array, "... h s e"],
+    q_pos: Int[Array, "... m"],
+    k_pos: Int[Array, "... s"],
+    q_seg: Int[Array, "... m"],
+    k_seg: Int[Array, "... s"],
+    window: int | None,
+    causal: bool,
+    scale: float,
+    softcap: float | None,
+) -> Float[Array, "... h m e"]:
+    """``softmax(S | mask) V`` per row; see the module docstring."""
+    return _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)[0]
+
+
+def _fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap):
+    o, (q, k, v, o, lse) = _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)
+    return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg)
+
+
+def _bwd(window, causal, scale, softcap, res, do):
+    q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg = res
+    s = _scores(q, physical_swap(k), scale, softcap)
+    p = jnp.where(_mask(q_pos, k_pos, q_seg, k_seg, window, causal), jnp.exp(s - lse), 0.0)
+    do = physical_transpose(do.astype(v.dtype))
+    dp = dot(do, physical_swap(v))
+    delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
+    dz = p * (dp - delta)
+    if softcap is not None:
+        dz = dz * (1.0 - jnp.square(s / softcap))
+    dz = (dz * scale).astype(q.dtype)
+    dq = dot(dz, k).astype(q.dtype)
+    dk = dot_tn(dz, q).astype(k.dtype)
+    dv = dot_tn(p.astype(v.dtype), do).astype(v.dtype)
+    return dq, dk, dv, None, None, None, None
+
+
+attend_rows.defvjp(_fwd, _bwd)
