@@ -2,60 +2,90 @@
 
 The RecurrentGemma report ("Inference Speed Benchmarks", Fig. 1) shows sampling throughput that stays
 flat with length for a bounded state and falls for a growing KV cache; Gemma 3 section 5.2 makes the
-same argument for memory. This script measures it on CPU for the small presets.
+same argument for memory. This script measures it for one sequence (batch 1) on whatever JAX runs on.
 
-Method: a cache of ``max_len = ctx + steps`` is filled as if ``ctx`` tokens had been processed
-(random K/V, the slot positions a real prefill writes, ``pos = ctx``; recurrent states random). The
-step's work does not depend on the values, so this times exactly what decoding at that context costs
-without paying an O(ctx * max_len) prefill. Then ``--steps`` jitted single-token steps are timed
-after a warm-up; the fastest step is reported (the machine is shared: the median mostly measures
-other processes). Prefill is never timed. The cache is not donated: on CPU XLA, donating it made the
-global-only step slower still (measured 51 vs 31 ms at 32K), while the sampler's ``while_loop``
-updates it in place anyway.
+Model sets:
 
-    python -m experiments.bench_decode [--contexts 1024,2048,...] [--steps 20] [--out figures]
+- ``published`` (the default; 2 minutes on a 2-core CPU, 10 GB of memory; writes
+  ``figures/decode_time.png``, the README's figure): Gemma 3 1B (26 layers, 5:1,
+  window 512, 1 KV head x 256), the same model with every layer global (``pattern="G"``, the
+  global-only baseline) and RecurrentGemma 2B (RRL, window 2048), at their published shapes with
+  random weights, bf16 weights and cache.
+- ``small`` (half a minute): ``small_global``, ``small_gemma3``, ``small_recurrentgemma`` (width
+  256, 6 layers), written to ``figures/decode_time_small.png``.
+- or a comma list of ``preset[:pattern]`` (``figures/decode_time_custom.png``).
+
+A decode step reads every weight once plus every global layer's whole cache; local rings and
+recurrent states are fixed in size. So the 32K/1K ratio of a 5:1 model is roughly
+1 + (global-layer cache bytes at 32K) / (weight bytes), which the table prints: small at the
+published shapes (Gemma 3 1B: 4 global layers x 32K x 1 KiB = 0.13 GB against 2.0 GB of weights),
+large for the small presets (their one global layer holds 8 MB at 32K against 16 MB of weights).
+
+Method: the cache is ``arch.cache.filled_cache`` (exactly the slots and positions a prefill of
+``ctx`` tokens leaves, random values, ``pos = ctx``), so no O(ctx^2) prefill is paid; the step's
+work does not depend on the values. Each context is compiled and warmed up, then the contexts are
+timed in interleaved rounds of one jitted single-token ``model.step`` each (argmax of the logits
+included), and the fastest step per context is reported, in wall-clock time and in this process's
+CPU time (the figure plots the latter; on an idle machine they agree, as the step runs on one
+core): the machine may be shared, and the median mostly measures other processes. The cache is
+not donated: on CPU XLA a bf16 dynamic-update-slice is not done in place (it is widened to f32),
+and with donation XLA adds a copy back into the donated buffer, so the step without donation (one
+fused copy of the cache with the new token written) is the fastest there is. XLA's CPU compiler is
+told to use its memory-optimised scheduler (``CPU_FLAGS``), which here both saves memory and runs
+the step about twice as fast.
+
+    python -m experiments.bench_decode [--presets published|small|NAME[:PATTERN],...]
+        [--contexts 1024,2048,...] [--rounds 8] [--dtype bfloat16|float32] [--out figures]
 """
 
 import argparse
+import gc
+import os
 import time
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import arch
-from arch.attention import KVCache
-from arch.rglru import ConvState
+from arch import memory
+from arch.cache import filled_cache, random_fill
+from arch.params import abstract_model
 
-PRESETS = ("small_global", "small_gemma3", "small_recurrentgemma")
+MODEL_SETS = {
+    "published": ("gemma3_1b", "gemma3_1b:G", "recurrentgemma_2b"),
+    "small": ("small_global", "small_gemma3", "small_recurrentgemma"),
+}
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+# XLA's CPU compiler widens bf16 weights to f32 temporaries for its matrix-vector products, and its
+# default scheduler keeps all of them alive at once (11 GB of temporaries for RecurrentGemma 2B);
+# the memory-optimised scheduler frees each after use (3.9 GB). Set before JAX starts its backend.
+CPU_FLAGS = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 
 
-def filled_cache(cfg: arch.ModelConfig, ctx: int, max_len: int, *, seed: int = 0) -> arch.Cache:
-    """A cache in the state a prefill of ``ctx`` tokens leaves (values random, positions exact)."""
-    cache = arch.init_cache(cfg, max_len, dtype=jnp.float32)
-    key = jax.random.key(seed)
-    layers = []
-    for layer in cache.layers:
-        key, k1, k2 = jax.random.split(key, 3)
-        if isinstance(layer, KVCache):
-            size = layer.pos.shape[0]
-            slots = np.arange(size)
-            if size == max_len:  # global: slot = position
-                pos = np.where(slots < ctx, slots, -1)
-            else:  # ring: slot s holds the newest position p < ctx with p % size == s
-                pos = slots + size * ((ctx - 1 - slots) // size)
-                pos = np.where(pos >= 0, pos, -1)
-            layers.append(KVCache(k=0.1 * jax.random.normal(k1, layer.k.shape),
-                                  v=jax.random.normal(k2, layer.v.shape), pos=jnp.asarray(pos, jnp.int32)))
-        elif isinstance(layer, ConvState):
-            layers.append(ConvState(conv=jax.random.normal(k1, layer.conv.shape),
-                                    h=0.1 * jax.random.normal(k2, layer.h.shape)))
-        else:
-            raise TypeError(type(layer).__name__)
-    return arch.Cache(layers=tuple(layers), pos=jnp.int32(ctx))
+def model_config(spec: str, dtype: str = "bfloat16") -> arch.ModelConfig:
+    """``"preset"`` or ``"preset:PATTERN"``; matmuls in ``dtype`` so weights are read as stored."""
+    name, _, pattern = spec.partition(":")
+    overrides = {"pattern": pattern} if pattern else {}
+    return arch.preset(name, matmul_dtype=dtype, **overrides)
+
+
+def random_model(cfg: arch.ModelConfig, dtype=jnp.bfloat16, *, seed: int = 0) -> arch.LM:
+    """An ``LM`` with random weights built directly in ``dtype`` (no float32 copy of a 2B model):
+    matrices Normal(0, 1/fan_in) (a tiled pool, :func:`arch.cache.random_fill`), vectors zero."""
+    leaves, treedef = jax.tree_util.tree_flatten(abstract_model(cfg))
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    out = []
+    for key, leaf in zip(keys, leaves):
+        if isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            if len(leaf.shape) >= 2:
+                leaf = random_fill(key, shape=leaf.shape, dtype=dtype, scale=leaf.shape[-1] ** -0.5)
+            else:
+                leaf = jnp.zeros(leaf.shape, dtype)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @eqx.filter_jit
@@ -64,38 +94,53 @@ def _step(model, token, cache):
     return jnp.argmax(logits[-1]).astype(jnp.int32)[None], cache
 
 
-def time_decode(model: arch.LM, ctx: int, steps: int, warmup: int = 3) -> float:
-    """Fastest of ``steps`` timed single-token steps at context ``ctx`` (seconds)."""
-    cache = filled_cache(model.cfg, ctx, ctx + steps + warmup)
-    token = jnp.zeros((1,), jnp.int32)
-    for _ in range(warmup):
-        token, cache = _step(model, token, cache)
-    jax.block_until_ready(token)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        token, cache = _step(model, token, cache)
-        jax.block_until_ready(token)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def time_contexts(model: arch.LM, contexts, *, rounds: int, dtype, warmup: int = 2
+                  ) -> tuple[list[float], list[float]]:
+    """Fastest single-token step at each context, contexts interleaved round by round: wall-clock
+    seconds and this process's CPU seconds (the latter does not count time spent waiting for a core
+    that another process holds)."""
+    state = {}
+    for ctx in contexts:
+        cache = filled_cache(model.cfg, ctx, ctx + warmup + rounds + 1, dtype=dtype)
+        token = jnp.zeros((1,), jnp.int32)
+        for _ in range(warmup):  # the first call compiles
+            token, cache = _step(model, token, cache)
+        state[ctx] = (jax.block_until_ready(token), cache)
+    wall = {ctx: float("inf") for ctx in contexts}
+    cpu = dict(wall)
+    for r in range(rounds):
+        order = contexts[r % len(contexts):] + contexts[: r % len(contexts)]  # rotate the order
+        for ctx in order:
+            token, cache = state.pop(ctx)
+            t0, c0 = time.perf_counter(), time.process_time()
+            token, cache = _step(model, token, cache)
+            jax.block_until_ready(token)
+            wall[ctx] = min(wall[ctx], time.perf_counter() - t0)
+            cpu[ctx] = min(cpu[ctx], time.process_time() - c0)
+            state[ctx] = (token, cache)
+    return [wall[c] for c in contexts], [cpu[c] for c in contexts]
 
 
-def plot(results: dict[str, list[float]], contexts, path: Path) -> None:
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.3f}"
+
+
+def plot(results: dict[str, list[float]], contexts, path: Path, title: str, info: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, secs in results.items():
-        cfg = arch.preset(name)
+    for label, secs in results.items():
         ax.plot(contexts, [1e3 * s for s in secs], marker="o",
-                label=f"{name} ({cfg.pattern}, window {cfg.window})")
+                label=f"{label} ({info[label]['pattern']}): {secs[-1] / secs[0]:.2f}x at "
+                      f"{contexts[-1] // 1024}K")
     ax.set_xscale("log", base=2)
     ax.set_xticks(contexts, [f"{c // 1024}K" for c in contexts])
     ax.set_xlabel("context length already in the cache (tokens)")
-    ax.set_ylabel("decode time per token (ms, best of steps)")
-    ax.set_title(f"Single-token decode on {jax.devices()[0].platform.upper()}, batch 1, float32")
+    ax.set_ylabel("CPU time per decoded token (ms, fastest step)")
+    ax.set_title(title, fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -106,29 +151,53 @@ def plot(results: dict[str, list[float]], contexts, path: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--presets", default="published",
+                   help="'published', 'small', or a comma list of preset[:pattern]")
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=8, help="timed steps per context (fastest kept)")
+    p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES), help="weights and cache")
     p.add_argument("--out", type=Path, default=Path("figures"))
     args = p.parse_args(argv)
-    presets = args.presets.split(",")
+    if "xla_cpu_scheduler_type" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
+    specs = MODEL_SETS.get(args.presets, args.presets.split(","))
     contexts = [int(c) for c in args.contexts.split(",")]
-    results = {}
-    for name in presets:
-        model = arch.LM(arch.preset(name), key=jax.random.key(0))
-        results[name] = [time_decode(model, c, args.steps) for c in contexts]
-        print(f"  {name}: done", flush=True)
+    dtype = DTYPES[args.dtype]
+    results, cpu, info = {}, {}, {}
+    for spec in specs:
+        cfg = model_config(spec, args.dtype)
+        label = spec.replace(":", " pattern=")
+        t0 = time.perf_counter()
+        model = random_model(cfg, dtype)
+        results[label], cpu[label] = time_contexts(model, contexts, rounds=args.rounds, dtype=dtype)
+        weights = memory.weights_bytes(cfg, args.dtype)
+        kv = memory.cache_breakdown(cfg, contexts[-1], dtype=args.dtype)
+        info[label] = dict(pattern=cfg.pattern, weights=weights, global_cache=kv["global"])
+        print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+        del model
+        gc.collect()
 
-    head = f"{'preset':<22}{'pattern':<8}" + "".join(f"{str(c // 1024) + 'K':>9}" for c in contexts)
-    head += f"{'ratio ' + str(contexts[-1] // 1024) + 'K/' + str(contexts[0] // 1024) + 'K':>14}"
-    print(f"\nms per decoded token (best of {args.steps}), {jax.devices()[0].device_kind}")
-    print(head + "\n" + "-" * len(head))
-    for name, secs in results.items():
-        row = f"{name:<22}{arch.preset(name).pattern:<8}" + "".join(f"{1e3 * s:>9.3f}" for s in secs)
-        print(row + f"{secs[-1] / secs[0]:>14.2f}")
+    device = jax.devices()[0].device_kind
+    last, first = f"{contexts[-1] // 1024}K", f"{contexts[0] // 1024}K"
+    head = f"{'model':<28}{'pattern':<8}" + "".join(f"{str(c // 1024) + 'K':>9}" for c in contexts)
+    head += f"{'ratio ' + last + '/' + first:>13}"
+    for title, table in (("wall-clock", results), ("CPU time of this process", cpu)):
+        print(f"\nms per decoded token, fastest of {args.rounds} ({title}), batch 1, {args.dtype} weights "
+              f"and cache, {device}")
+        print(head + "\n" + "-" * len(head))
+        for label, secs in table.items():
+            row = f"{label:<28}{info[label]['pattern']:<8}" + "".join(f"{1e3 * s:>9.1f}" for s in secs)
+            print(row + f"{secs[-1] / secs[0]:>13.2f}")
+    print(f"\n{'model':<28}{'weights GB':>11}{'global KV ' + last + ' GB':>17}{'KV/weights':>12}")
+    for label, i in info.items():
+        print(f"{label:<28}{_gb(i['weights']):>11}{_gb(i['global_cache']):>17}"
+              f"{i['global_cache'] / i['weights']:>12.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(results, contexts, args.out / "decode_time.png")
-    print(f"\nwrote {args.out / 'decode_time.png'}")
+    title = f"Single-token decode, batch 1, {args.dtype}, random weights ({device})"
+    path = args.out / ("decode_time.png" if args.presets == "published" else
+                       f"decode_time_{args.presets if args.presets in MODEL_SETS else 'custom'}.png")
+    plot(cpu, contexts, path, title, info)  # CPU time: robust to other processes taking the cores
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
