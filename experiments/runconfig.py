@@ -49,9 +49,9 @@ class RunConfig:
     b2: float = 0.95
     clip: float = 1.0  # global-norm clipping
     # sequences per gradient micro-step (lax.scan over micro-steps, gradients summed); 0 = the whole
-    # batch in one vmap. On CPU, micro-steps of 2 cut a step's CPU time by ~10-15%: XLA transposes
-    # the (batch * time)-long activation gradients for the weight gradients, and smaller ones are
-    # cheaper to transpose. Single-device runs only: a mesh run takes the whole (sharded) batch at once.
+    # batch at once. On a 2-core CPU, micro-steps of 2 sequences (1,024 rows at T=512) are the fastest:
+    # 15% faster than 4 and 20% faster than 8 (small_gemma3, B=8, T=512, bf16), as each step's
+    # activations stay in cache. Single-device runs only: a mesh run takes the whole (sharded) batch.
     microbatch: int = 2
     seed: int = 0
     # objective
