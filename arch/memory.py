@@ -25,7 +25,7 @@ Conventions (``table3`` and ``format_table3`` print every cell beside the publis
   which **every** layer, local ones included, holds all 32,768 positions in 16 bits
   (``kv_bytes_full_length``: 0.87 / 4.56 / 12.88 / 16.64 GB), not the sliding-window cache
   (0.15 / 0.79 / 2.48 / 3.12), not an 8-bit or f32 one, not the global layers alone, despite the
-  caption's "quantized in 8 bits". 1B and 4B agree to rounding (-0.03, -0.14); 12B and 27B are
+  caption's "quantized in 8 bits". 1B and 4B agree within 0.03 and 0.14 GB; 12B and 27B are
   ~2.0 GB above it (as if 38K / 37K tokens were cached), unexplained.
 - Formats: ``float32`` 4 bytes, ``bfloat16`` 2; ``int8`` and ``int4`` are per output channel
   (1 or 0.5 byte per weight + one bf16 scale per output channel); ``int4_block32`` is 0.5 byte per
@@ -356,9 +356,9 @@ def format_table3() -> str:
         lines.append(f"{r['model']:<12}{r['kv_published']:>8.1f}{cells}{r['kv_tokens']:>9.0f}")
     lines += [
         "Reading: '+KV' is a cache in which EVERY layer (local ones too) holds all 32,768 positions in",
-        "16 bits, not the sliding-window cache and not 8 bits (despite the caption). It matches 1B (0.87)",
-        "and 4B (4.56, printed 4.7) to rounding; 12B and 27B are ~2.0 GB above it, and no reading above",
-        "fits all four: 'tokens' is the context at which the full-length bf16 cache would equal the",
-        "printed increment (34K / 34K / 38K / 37K), not one length.",
+        "16 bits, not the sliding-window cache and not 8 bits (despite the caption). It gives 1B",
+        "(0.87, printed 0.9) and 4B within 0.14 GB (4.56, printed 4.7); 12B and 27B are ~2.0 GB",
+        "above it, and no reading fits all four: 'tokens' is the context at which the full-length",
+        "bf16 cache would equal the printed increment (34K / 34K / 38K / 37K), not one length.",
     ]
     return "\n".join(lines)
