@@ -118,6 +118,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic JSON (sorted keys; non-JSON values as strings): a reader sees the old file or the new one."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
 def unigram_entropy(token_ids: Iterable[int] | np.ndarray) -> float:
     """Entropy in nats of the empirical unigram distribution: the loss of a model that ignores context.
 

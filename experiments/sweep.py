@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.corpus import write_json
 from experiments.runconfig import RunConfig
 
 SCALES = ("quick", "default", "full")
@@ -135,13 +136,6 @@ def status(run: Run, sweep_dir: Path) -> str:
     if (d / "error.json").exists():
         return "failed"
     return "partial" if d.exists() else "new"
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic: a reader sees the old file or the whole new one, never a torn one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    tmp.replace(path)
 
 
 def execute(run: Run, sweep_dir: Path, *, progress: bool = True) -> dict:

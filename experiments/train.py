@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import arch
 from experiments import checkpoint
 from experiments import sharding as shd
-from experiments.corpus import atomic_write_bytes, load_corpus, unigram_entropy
+from experiments.corpus import atomic_write_bytes, load_corpus, unigram_entropy, write_json
 from experiments.data import Data, prepare_data
 from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.losses import get_loss, xent
@@ -47,10 +47,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the step and the last good checkpoint."""
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def git_sha() -> str | None:
@@ -189,7 +185,7 @@ def _prepare_dir(run: RunConfig, run_dir: Path) -> None:
                              f"asked for ({run.short_hash()}); use another --out or --resume")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(cfg_path, run.to_dict())
+        write_json(cfg_path, run.to_dict())
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -330,7 +326,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         "model_config": cfg.to_dict(), "teacher": teacher.info if teacher else None,
     }
     if jax.process_index() == 0:
-        _write_json(summary_path, summary)
+        write_json(summary_path, summary)
     return summary
 
 
