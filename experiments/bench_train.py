@@ -3,7 +3,8 @@
 ``python -m experiments.bench_train [--preset P ...] [--vs-hf]`` times one full AdamW train step
 (forward, backward, update) at B=8, T=512 for the small Gemma 3 (LLLLLG), Gemma 2 (LG, soft-caps) and
 RecurrentGemma (RRL) presets: vocab 8192, width 256, 6 layers, 4 heads, 1 KV head, head_dim 64, MLP
-1024, window 128. Ours runs in f32 and with bf16 matmul inputs (f32 accumulation). With ``--vs-hf``
+1024, window 128. Ours runs in f32 and in bf16 (bf16 products forward and backward, f32 accumulation,
+f32 parameters and optimizer state), each with the RunConfig default of micro-steps. With ``--vs-hf``
 the same configs (``arch.hf_layouts.config_to_hf``) are built as ``*ForCausalLM`` in torch on CPU and
 timed in this process with torch AdamW, f32 and bf16 autocast, eager and sdpa attention; the table
 reports each family's ratio of our best to HF's best. MFU is model FLOPs
