@@ -63,13 +63,14 @@ class AttentionPool(eqx.Module):
         self.query = jr.normal(key, (width,)) / width**0.5
         self.heads = heads
 
-    def __call__(self, h: Float[Array, "t d"], mask: Bool[Array, " t"]) -> Float[Array, " d"]:
-        t, d = h.shape
-        hh = h.reshape(t, self.heads, d // self.heads)
+    def __call__(self, h: Float[Array, "*b t d"], mask: Bool[Array, "*b t"]) -> Float[Array, "*b d"]:
+        *lead, t, d = h.shape
+        hh = h.reshape(*lead, t, self.heads, d // self.heads)
         q = self.query.astype(h.dtype).reshape(self.heads, d // self.heads)
-        logits = jnp.einsum("hk,thk->ht", q, hh) / jnp.sqrt(jnp.asarray(d, h.dtype))  # sqrt(d_M) as printed
-        logits = jnp.where(mask[None, :], logits, -jnp.inf)
-        return jnp.einsum("ht,thk->hk", jax.nn.softmax(logits, axis=-1), hh).reshape(d)
+        # sqrt(d_M) as printed
+        logits = jnp.einsum("hk,...thk->...ht", q, hh) / jnp.sqrt(jnp.asarray(d, h.dtype))
+        logits = jnp.where(mask[..., None, :], logits, -jnp.inf)
+        return jnp.einsum("...ht,...thk->...hk", jax.nn.softmax(logits, axis=-1), hh).reshape(*lead, d)
 
 
 class EmbeddingModel(eqx.Module):
@@ -102,37 +103,44 @@ class EmbeddingModel(eqx.Module):
         """Width of the output embedding."""
         return self.dense[-1].weight.shape[0] if self.dense else self.cfg.width
 
-    def token_embeddings(self, tokens: Tokens, mask: Bool[Array, " t"] | None = None) -> Float[Array, "t d"]:
+    def token_embeddings(self, tokens: Tokens, mask: Bool[Array, "*b t"] | None = None
+                         ) -> Float[Array, "*b t d"]:
         """The trunk's final-normed hidden states (HF ``last_hidden_state``); padding keys are hidden
-        from real tokens by giving them another segment id."""
+        from real tokens by giving them another segment id. ``tokens`` is one sequence ``[t]`` or a
+        batch ``[b, t]`` (every projection then runs as one ``[b * t, d]`` matmul)."""
         segments = None if mask is None else mask.astype(jnp.int32)
         return self.trunk.final_norm(self.trunk.hidden(tokens, segment_ids=segments))
 
-    def pool(self, h: Float[Array, "t d"], mask: Bool[Array, " t"] | None = None) -> Float[Array, " d"]:
-        """One vector from the token states under ``self.pooling`` (report Table 3)."""
-        m = jnp.ones(h.shape[:1], bool) if mask is None else mask.astype(bool)
-        idx = jnp.arange(h.shape[0])
+    def pool(self, h: Float[Array, "*b t d"], mask: Bool[Array, "*b t"] | None = None
+             ) -> Float[Array, "*b d"]:
+        """One vector per sequence from the token states under ``self.pooling`` (report Table 3);
+        any leading batch axes."""
+        t = h.shape[-2]
+        m = jnp.ones(h.shape[:-1], bool) if mask is None else mask.astype(bool)
+        idx = jnp.arange(t)
         if self.pooling == "mean":
             w = m.astype(h.dtype)
             # sentence-transformers' mean: sum(h * mask) / clamp(sum(mask), 1e-9)
-            return (h * w[:, None]).sum(0) / jnp.maximum(w.sum(), 1e-9)
-        if self.pooling == "first":
-            return h[jnp.min(jnp.where(m, idx, h.shape[0] - 1))]
-        if self.pooling == "last":
-            return h[jnp.max(jnp.where(m, idx, 0))]
+            return (h * w[..., None]).sum(-2) / jnp.maximum(w.sum(-1, keepdims=True), 1e-9)
+        if self.pooling in ("first", "last"):
+            pick = jnp.min(jnp.where(m, idx, t - 1), axis=-1) if self.pooling == "first" \
+                else jnp.max(jnp.where(m, idx, 0), axis=-1)
+            return jnp.take_along_axis(h, pick[..., None, None], axis=-2)[..., 0, :]
         return self.attention_pool(h, m)
 
-    def __call__(self, tokens: Tokens, mask: Bool[Array, " t"] | None = None) -> Float[Array, " e"]:
-        """One sequence's embedding; ``mask`` marks real tokens (True) versus padding."""
+    def __call__(self, tokens: Tokens, mask: Bool[Array, "*b t"] | None = None) -> Float[Array, "*b e"]:
+        """The embedding of one sequence ``[t]`` or of a batch ``[b, t]`` (the whole batch in one
+        trunk call: what training wants; ``jax.vmap`` over sequences gives the same values but, under
+        a gradient, per-example weight gradients). ``mask`` marks real tokens (True) versus padding."""
         x = self.pool(self.token_embeddings(tokens, mask), mask)
         for layer in self.dense:
             x = layer(x)
         if self.normalize:  # torch.nn.functional.normalize: x / max(||x||, 1e-12)
-            x = x / jnp.maximum(jnp.linalg.norm(x), 1e-12)
+            x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
         return x
 
-    def embed(self, tokens: Tokens, mask: Bool[Array, " t"] | None = None, dim: int | None = None
-              ) -> Float[Array, " e"]:
+    def embed(self, tokens: Tokens, mask: Bool[Array, "*b t"] | None = None, dim: int | None = None
+              ) -> Float[Array, "*b e"]:
         """The embedding, or its Matryoshka prefix of ``dim`` entries re-normalised (section 2.2)."""
         if dim is not None and not 1 <= dim <= self.dim:
             raise ValueError(f"EmbeddingModel.embed dim={dim}: must be in [1, {self.dim}]")

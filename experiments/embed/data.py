@@ -51,6 +51,7 @@ class EmbedData:
     teacher_name: str | None = None
     teacher_queries: np.ndarray | None = None  # [P, e] aligned to the student's width
     teacher_docs: np.ndarray | None = None  # [D, e]
+    teacher_vocab: np.ndarray | None = None  # [vocab, width]: teacher.vocabulary_vectors
 
     @property
     def num_pairs(self) -> int:
@@ -94,7 +95,7 @@ def prepare(ec) -> EmbedData:
     keys = ("vocab_size", "q_len", "p_len", "max_train_pairs", "eval_queries", "eval_docs", "hard_negatives",
             "text_norm")
     width = ec.model_config(ec.vocab_size).width
-    want_teacher = ec.w_distill > 0 and ec.teacher not in (None, "none")
+    want_teacher = (ec.w_distill > 0 or ec.embed_init == "teacher") and ec.teacher not in (None, "none")
     return _prepare(tuple(getattr(ec, k) for k in keys), ec.teacher if want_teacher else None, width)
 
 
@@ -127,7 +128,10 @@ def _prepare(key: tuple, teacher_spec: str | None, width: int) -> EmbedData:
     if location is not None:
         # The teacher sees raw texts (its own conventions, no prompts); aligned to the student width.
         queries = [p.query for p in train]
-        emb = teacher_mod.align(teacher_mod.embeddings(queries + docs, location), width)
+        raw = teacher_mod.embeddings(queries + docs, location)
+        b = teacher_mod.basis(raw, width)
+        emb = teacher_mod.project(raw, b)
         data.teacher_name = location
         data.teacher_queries, data.teacher_docs = emb[: len(queries)], emb[len(queries):]
+        data.teacher_vocab = teacher_mod.vocabulary_vectors(tokenizer, location, b)
     return data

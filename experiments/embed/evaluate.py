@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -66,7 +65,7 @@ def evaluate_embeddings(q: np.ndarray, d: np.ndarray, task: RetrievalTask, dims:
 
 @eqx.filter_jit
 def _encode_batch(model, tokens, mask):
-    return jax.vmap(model)(tokens, mask)
+    return model(tokens, mask)
 
 
 def encode(model, tokens: np.ndarray, mask: np.ndarray, batch_size: int = 64) -> np.ndarray:

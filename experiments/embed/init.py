@@ -51,13 +51,10 @@ def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinel: int) -> tupl
 def denoising_loss(model: arch.LM, corrupted, original, mask) -> jax.Array:
     """Cross-entropy of the original tokens at the masked positions (tied output layer)."""
 
-    def one(c, o, m):
-        logits = model(c).astype(jnp.float32)
-        nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, o[:, None], -1)[:, 0]
-        return jnp.sum(nll * m), jnp.sum(m)
-
-    s, n = jax.vmap(one)(corrupted, original, mask.astype(jnp.float32))
-    return jnp.sum(s) / jnp.maximum(jnp.sum(n), 1.0)
+    logits = model(corrupted).astype(jnp.float32)  # the whole [B, T] batch in one call
+    nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, original[..., None], -1)[..., 0]
+    m = mask.astype(jnp.float32)
+    return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
 def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: int, lr: float, seed: int,
@@ -100,8 +97,48 @@ def lm_run(cfg_preset: str, overrides: tuple, *, vocab_size: int, steps: int, ba
                      eval_every=steps, eval_batches=2, ckpt_every=steps, log_every=max(steps // 10, 1))
 
 
-def initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[EmbeddingModel, dict]:
-    """The ``EmbeddingModel`` to fine-tune under ``ec.init`` and facts about it for the summary."""
+def scale_blocks(model: EmbeddingModel, gain: float) -> EmbeddingModel:
+    """Every block's post-norm gains ``(1 + w)`` multiplied by ``gain`` (``w -> gain * (1 + w) - 1``).
+
+    A small gain starts each block near the identity, so the pooled embedding is close to the mean of
+    the (scaled) input token embeddings: token identity survives the trunk at the start of
+    fine-tuning, and the gains are trained from there. ``gain=1`` returns ``model`` unchanged."""
+    if gain == 1.0:
+        return model
+    if not model.cfg.post_norms:
+        raise ValueError(f"block_gain={gain}: needs post-norms (ModelConfig.post_norms=True)")
+    norms = lambda m: [n for b in m.trunk.blocks for n in (b.post_mixer_norm, b.post_mlp_norm)]
+    return eqx.tree_at(lambda m: [n.weight for n in norms(m)], model,
+                       [gain * (1.0 + n.weight) - 1.0 for n in norms(model)])
+
+
+def with_token_table(model: EmbeddingModel, vectors: np.ndarray) -> EmbeddingModel:
+    """``model`` with its token table replaced by ``vectors`` ``[vocab, width]`` rescaled to the
+    table's current root-mean-square (so the trunk sees inputs of the size it was built for)."""
+    old = model.trunk.embed
+    if vectors.shape != old.shape:
+        raise ValueError(f"token table {vectors.shape}: the model's is {old.shape}")
+    v = jnp.asarray(vectors, old.dtype)
+    v = v * jnp.sqrt(jnp.mean(old**2) / jnp.maximum(jnp.mean(v**2), 1e-12))
+    return eqx.tree_at(lambda m: m.trunk.embed, model, v)
+
+
+def initial_model(ec, tokenizer, *, lm_root: Path, key, log=None, vocab_vectors: np.ndarray | None = None
+                  ) -> tuple[EmbeddingModel, dict]:
+    """The ``EmbeddingModel`` to fine-tune under ``ec.init``, its blocks scaled by ``ec.block_gain``
+    and, with ``ec.embed_init == "teacher"``, its token table from ``vocab_vectors`` (the teacher's
+    vectors of the vocabulary, :func:`experiments.embed.teacher.vocabulary_vectors`); and facts about
+    it for the summary."""
+    model, info = _initial_model(ec, tokenizer, lm_root=lm_root, key=key, log=log)
+    if ec.embed_init == "teacher":
+        if vocab_vectors is None:
+            raise ValueError("embed_init='teacher' needs a teacher (EmbedConfig.teacher found none)")
+        model = with_token_table(model, vocab_vectors)
+        info["embed_init"] = "teacher"
+    return scale_blocks(model, ec.block_gain), info
+
+
+def _initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[EmbeddingModel, dict]:
     cfg = ec.model_config(tokenizer.vocab_size)
     head = dict(dense_dims=ec.dense_dims(), pooling=ec.pooling)
     if ec.init == "random":

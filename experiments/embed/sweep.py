@@ -3,7 +3,8 @@
     python -m experiments.embed.sweep [--scale quick|default|full] [--out results] [--figures DIR] [--dry-run]
 
 Points, one factor at a time around a base recipe (encoder init, mean pooling, spread-out and, when a
-teacher is found, distillation on, MRL on, mixture 1), plus:
+teacher is found, distillation on, MRL on, mixture 1; at default scale the token table starts from the
+teacher's vectors of the vocabulary and every block starts near the identity), plus:
 
 - Table 2 init: random / decoder-only / encoder (denoising-adapted decoder);
 - Table 3 pooling: mean / first / last / attention;
@@ -54,8 +55,9 @@ BASES: dict[str, EmbedConfig] = {
         preset="small_embeddinggemma", vocab_size=8192, overrides=tuple({
             **_TRUNK, "num_layers": 4, "width": 128, "head_dim": 64, "mlp_width": 512, "window": 64}.items()),
         dense_mult=4, mrl_dims=(128, 64, 32, 16), q_len=32, p_len=64, eval_queries=400, eval_docs=1000,
-        steps=200, batch=64, lr=1e-3, warmup=20, lm_steps=300, lm_batch=16, lm_seq_len=128,
-        adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=1.0, init="encoder"),
+        steps=300, batch=64, lr=3e-3, warmup=20, lm_steps=300, lm_batch=16, lm_seq_len=128,
+        adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=5.0, init="encoder",
+        embed_init="teacher", block_gain=0.1),
     # a GPU: the report's head shape at a larger trunk
     "full": EmbedConfig(
         preset="small_embeddinggemma", vocab_size=32768, overrides=tuple({
@@ -178,7 +180,8 @@ def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = Tru
             from experiments.embed.init import initial_model
 
             model, extra = initial_model(r.config, data.tokenizer, lm_root=lm_root,
-                                         key=jax.random.key(r.config.init_seed))
+                                         key=jax.random.key(r.config.init_seed),
+                                         vocab_vectors=data.teacher_vocab)
         elif r.kind == "soup":
             from experiments.embed.soup import soup
 

@@ -96,15 +96,39 @@ def embeddings(texts: Sequence[str], location: str, *, cache_dir=None, batch_siz
     return have[[row[int(i)] for i in ids]]
 
 
-def align(teacher: np.ndarray, dim: int) -> np.ndarray:
-    """Teacher embeddings in the student's ``dim``: projected on their top ``dim`` right singular
-    vectors (uncentred, so cosine geometry is what is kept; zero-padded when the teacher is narrower)
-    and re-normalised. The leading coordinates carry the most energy, which suits the Matryoshka
-    prefixes the student is trained on."""
+def basis(teacher: np.ndarray, dim: int) -> np.ndarray:
+    """``[e, dim]``: the map from the teacher's space to the student's ``dim``: the top ``dim`` right
+    singular vectors of ``teacher`` (uncentred, so cosine geometry is what is kept), or zero padding
+    when the teacher is narrower. The leading coordinates carry the most energy, which suits the
+    Matryoshka prefixes the student is trained on."""
     t = teacher.astype(np.float64)
     if dim >= t.shape[1]:
-        out = np.pad(t, ((0, 0), (0, dim - t.shape[1])))
-    else:
-        _, _, vt = np.linalg.svd(t, full_matrices=False)
-        out = t @ vt[:dim].T
+        return np.eye(t.shape[1], dim)
+    _, _, vt = np.linalg.svd(t, full_matrices=False)
+    return vt[:dim].T
+
+
+def project(teacher: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Teacher embeddings mapped by :func:`basis` ``b`` and re-normalised."""
+    out = teacher.astype(np.float64) @ b
     return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def align(teacher: np.ndarray, dim: int) -> np.ndarray:
+    """Teacher embeddings in the student's ``dim`` (:func:`basis` of these rows, then :func:`project`)."""
+    return project(teacher, basis(teacher, dim))
+
+
+def piece_text(piece: str) -> str:
+    """A SentencePiece vocabulary piece as plain text for the teacher (the word-boundary mark dropped)."""
+    return piece.replace("\u2581", " ").strip() or piece
+
+
+def vocabulary_vectors(tokenizer, location: str, b: np.ndarray, *, cache_dir=None) -> np.ndarray:
+    """``[vocab, dim]``: the teacher's embedding of every vocabulary piece on its own, mapped by the
+    basis ``b`` (not re-normalised: a piece the teacher places near the origin of the student's
+    subspace stays small). The student's token table can start from these (a distillation of the
+    teacher at the vocabulary level, as static-embedding distillation does): then the mean of a text's
+    token vectors already approximates the teacher's embedding of the text."""
+    texts = [piece_text(tokenizer.id_to_piece(i)) for i in range(tokenizer.vocab_size)]
+    return (embeddings(texts, location, cache_dir=cache_dir).astype(np.float64) @ b).astype(np.float32)

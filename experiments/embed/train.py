@@ -57,6 +57,8 @@ class EmbedConfig:
     lm_lr: float = 3e-3
     adapt_steps: int = 200
     adapt_seq_len: int = 128
+    block_gain: float = 1.0  # post-norm gains of every block scaled by this at init (1: unchanged)
+    embed_init: str = "model"  # token table: the init's own ("model") or the teacher's ("teacher")
     # data
     mixture: tuple[tuple[str, float], ...] = (("code", 0.9), ("topic", 0.1))
     hard_negatives: str = "bm25"  # "bm25" | "none"
@@ -92,6 +94,10 @@ class EmbedConfig:
         object.__setattr__(self, "mrl_dims", tuple(int(d) for d in self.mrl_dims))
         if self.qat is not None and self.qat not in quant.SCHEMES:
             raise ValueError(f"EmbedConfig.qat={self.qat!r}: must be None or one of {quant.SCHEMES}")
+        if not self.block_gain >= 0:
+            raise ValueError(f"EmbedConfig.block_gain={self.block_gain}: must be >= 0 (1: unchanged)")
+        if self.embed_init not in ("model", "teacher"):
+            raise ValueError(f"EmbedConfig.embed_init={self.embed_init!r}: 'model' or 'teacher'")
         if self.text_norm not in TEXT_NORMS:
             raise ValueError(f"EmbedConfig.text_norm={self.text_norm!r}: must be one of {TEXT_NORMS}")
         if self.hard_negatives not in ("bm25", "none"):
@@ -142,7 +148,7 @@ def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
 
     def loss_fn(params, b):
         model = quant.fake_quantize_model(eqx.combine(params, static), ec.qat)  # QAT: STE
-        enc = jax.vmap(model)
+        enc = model  # the whole [B, T] batch in one call (no per-example weight gradients)
         q = enc(b["q_tok"], b["q_mask"])
         if hard:  # positives and hard negatives share a length: one batched pass
             pn = enc(jnp.concatenate([b["p_tok"], b["n_tok"]]), jnp.concatenate([b["p_mask"], b["n_mask"]]))
@@ -235,7 +241,8 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
         data = prepare(ec)
         lm_root = Path(lm_root) if lm_root else run_dir.parent.parent / "embedding_lm"
         model, init_info = initial_model(ec, data.tokenizer, lm_root=lm_root,
-                                         key=jax.random.key(ec.init_seed), log=log)
+                                         key=jax.random.key(ec.init_seed), log=log,
+                                         vocab_vectors=data.teacher_vocab)
         init_seconds = time.perf_counter() - start
         model = fine_tune(ec, model, data, log=log)
     train_seconds = time.perf_counter() - start - init_seconds

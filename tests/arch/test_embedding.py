@@ -107,3 +107,24 @@ def test_from_lm_copies_the_decoder_and_makes_it_bidirectional():
 def test_unknown_pooling_is_rejected():
     with pytest.raises(ValueError, match="pooling='max'"):
         EmbeddingModel(CFG, key=jax.random.key(0), pooling="max")
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_batched_call_equals_vmapped(pooling):
+    """A ``[b, t]`` batch in one call gives each sequence's own embedding, and the same parameter
+    gradients as ``jax.vmap`` over sequences (the training loop uses the batched call)."""
+    m = _model(pooling)
+    tokens = jax.random.randint(jax.random.key(1), (3, 10), 1, CFG.vocab_size)
+    mask = jnp.arange(10)[None, :] < jnp.array([10, 6, 3])[:, None]
+    np.testing.assert_allclose(np.asarray(m(tokens, mask)), np.asarray(jax.vmap(m)(tokens, mask)), atol=1e-5)
+    one = jax.vmap(lambda t, k: m.embed(t, k, dim=8))(tokens, mask)
+    np.testing.assert_allclose(np.asarray(m.embed(tokens, mask, dim=8)), np.asarray(one), atol=1e-5)
+    w = jax.random.normal(jax.random.key(2), (3, m.dim))
+
+    def loss(model, batched):
+        out = model(tokens, mask) if batched else jax.vmap(model)(tokens, mask)
+        return jnp.sum(out * w)
+
+    gb, gv = (eqx.filter_grad(loss)(m, b) for b in (True, False))
+    for a, b in zip(jax.tree_util.tree_leaves(gb), jax.tree_util.tree_leaves(gv)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)

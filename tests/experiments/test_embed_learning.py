@@ -69,3 +69,59 @@ def test_tiny_model_fits_pairs_to_perfect_retrieval(tmp_path):
     assert before < 0.6
     assert after["d32"]["recall@1"] == 1.0 and after["d32"]["ndcg@10"] == 1.0
     assert after["d8"]["recall@1"] >= 0.9  # the smallest Matryoshka prefix learns too
+
+
+def test_block_gain_zero_makes_every_block_the_identity():
+    """``scale_blocks(model, 0)`` zeroes the post-norm gains: the trunk's output is its input
+    embedding (token identity survives the trunk); gain 1 leaves the model as it is."""
+    import jax.numpy as jnp
+
+    import arch
+    from arch.embedding import EmbeddingModel
+    from experiments.embed.init import scale_blocks
+
+    cfg = arch.preset("tiny_embeddinggemma", num_layers=2, pattern="LG", window=4)
+    m = EmbeddingModel(cfg, key=jax.random.key(0), dense_dims=(16,))
+    assert scale_blocks(m, 1.0) is m
+    tokens = jnp.array([[3, 7, 11, 5]], jnp.int32)
+    z = scale_blocks(m, 0.0)
+    np.testing.assert_allclose(np.asarray(z.trunk.hidden(tokens)), np.asarray(z.trunk.embed_tokens(tokens)),
+                               atol=1e-6)
+    assert float(jnp.abs(m.trunk.hidden(tokens) - m.trunk.embed_tokens(tokens)).max()) > 1e-2
+    half = scale_blocks(m, 0.5).trunk.blocks[0].post_mlp_norm.weight
+    full = m.trunk.blocks[0].post_mlp_norm.weight
+    np.testing.assert_allclose(np.asarray(1.0 + half), 0.5 * (1.0 + np.asarray(full)), atol=1e-6)
+
+
+def test_token_table_from_teacher_vectors_and_alignment():
+    """The teacher's vectors replace the token table at the table's RMS; the teacher basis maps rows
+    to the student's width and keeps their cosine geometry when it is wide enough."""
+    import pytest
+
+    import arch
+    from arch.embedding import EmbeddingModel
+    from experiments.embed import teacher
+    from experiments.embed.init import with_token_table
+    from experiments.embed.train import EmbedConfig
+
+    cfg = arch.preset("tiny_embeddinggemma", num_layers=1, pattern="G")
+    m = EmbeddingModel(cfg, key=jax.random.key(0))
+    vec = np.random.default_rng(0).standard_normal((cfg.vocab_size, cfg.width)).astype(np.float32) * 7
+    t = with_token_table(m, vec).trunk.embed
+    np.testing.assert_allclose(np.asarray(t) / np.asarray(t)[0, 0], vec / vec[0, 0], rtol=1e-4)
+    np.testing.assert_allclose(float(np.sqrt(np.mean(np.asarray(t) ** 2))),
+                               float(np.sqrt(np.mean(np.asarray(m.trunk.embed) ** 2))), rtol=1e-4)
+    with pytest.raises(ValueError, match="token table"):
+        with_token_table(m, vec[:, :3])
+    rows = np.random.default_rng(1).standard_normal((20, 6))
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    wide = teacher.project(rows, teacher.basis(rows, 8))  # zero-padded: same cosines
+    np.testing.assert_allclose(wide @ wide.T, unit @ unit.T, atol=1e-5)
+    narrow = teacher.align(rows, 3)
+    assert narrow.shape == (20, 3)
+    np.testing.assert_allclose(np.linalg.norm(narrow, axis=1), 1.0, atol=1e-5)
+    assert teacher.piece_text("\u2581return") == "return"
+    with pytest.raises(ValueError, match="block_gain"):
+        EmbedConfig(block_gain=-1.0)
+    with pytest.raises(ValueError, match="embed_init"):
+        EmbedConfig(embed_init="bert")
