@@ -27,7 +27,7 @@ import optax
 import arch
 from arch import quant
 from arch.embedding import EmbeddingModel
-from experiments.corpus import atomic_write_bytes
+from experiments.corpus import write_json
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
@@ -137,10 +137,6 @@ class EmbedConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
-
-
 def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
     """The jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``."""
     hard = ec.hard_negatives != "none"
@@ -227,7 +223,7 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", {**ec.to_dict(), "kind": "train"})
+    write_json(run_dir / "config.json", {**ec.to_dict(), "kind": "train"})
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)  # no resume: a run is short; start its log again
     start = time.perf_counter()
@@ -258,7 +254,7 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
         "model_config": model.cfg.to_dict(), "params": arch.count_params(model.trunk)["total"],
         "init_seconds": round(init_seconds, 1), "train_seconds": round(train_seconds, 1), **init_info,
     }
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 

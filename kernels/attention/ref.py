@@ -15,15 +15,21 @@ def softcap_logits(logits: Array, softcap: float | None) -> Array:
     return logits if softcap is None else softcap * jnp.tanh(logits / softcap)
 
 
-def masked_softmax_weights(logits: Float[Array, "... q s"], mask: Array) -> tuple[Array, Array]:
-    """Unnormalised softmax weights under ``mask`` and their row sums (1 where a row sees nothing,
-    so that row comes out as zeros, not NaN)."""
+def masked_softmax_stats(logits: Float[Array, "... q s"], mask: Array) -> tuple[Array, Array, Array]:
+    """Unnormalised softmax weights under ``mask``, their row sums (1 where a row sees nothing, so
+    that row comes out as zeros, not NaN) and the row maxima they are taken against (0 for such rows).
+    ``max + log(sum)`` is the row's log-sum-exp."""
     logits = jnp.where(mask, logits, -jnp.inf)
     m = jnp.max(logits, axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(logits - m)
     denom = jnp.sum(p, axis=-1, keepdims=True)
-    return p, jnp.where(denom > 0, denom, 1.0)
+    return p, jnp.where(denom > 0, denom, 1.0), m
+
+
+def masked_softmax_weights(logits: Float[Array, "... q s"], mask: Array) -> tuple[Array, Array]:
+    """:func:`masked_softmax_stats` without the row maxima."""
+    return masked_softmax_stats(logits, mask)[:2]
 
 
 def masked_softmax_combine(

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from kernels.attention.ref import masked_softmax_stats, softcap_logits
 from kernels.layout import dot, dot_tn, physical_swap, physical_transpose
 from kernels.masks import visible
 
@@ -35,19 +36,13 @@ def _mask(q_pos, k_pos, q_seg, k_seg, window, causal):
 
 
 def _scores(q, kt, scale, softcap):
-    s = dot(q, kt) * scale
-    return s if softcap is None else softcap * jnp.tanh(s / softcap)
+    return softcap_logits(dot(q, kt) * scale, softcap)
 
 
 def _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap):
     q, k, v = physical_transpose(q), physical_transpose(k), physical_transpose(v)  # row-major inputs
     mask = _mask(q_pos, k_pos, q_seg, k_seg, window, causal)
-    s = jnp.where(mask, _scores(q, physical_swap(k), scale, softcap), -jnp.inf)
-    m = jnp.max(s, axis=-1, keepdims=True)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)  # a row that sees nothing gives zeros, not NaN
-    p = jnp.exp(s - m)
-    denom = jnp.sum(p, axis=-1, keepdims=True)
-    denom = jnp.where(denom > 0, denom, 1.0)
+    p, denom, m = masked_softmax_stats(_scores(q, physical_swap(k), scale, softcap), mask)
     o = (dot(p.astype(v.dtype), v) / denom).astype(q.dtype)
     return o, (q, k, v, o, m + jnp.log(denom))
 
