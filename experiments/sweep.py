@@ -113,7 +113,10 @@ def expand(name: str, scale: str) -> list[Run]:
 
 def group_of(run: Run) -> str:
     """Runs that must go to one shard share a group: a trained model with its evaluation variants,
-    and a student with the teacher it names as ``@<hash>`` in the same sweep."""
+    a student with the teacher it names as ``@<hash>`` in the same sweep, and runs that name a
+    ``group`` of their own (e.g. a model soup with its ingredients)."""
+    if getattr(run, "group", None):
+        return run.group
     teacher = getattr(run.config, "teacher", None)
     if isinstance(teacher, str) and teacher.startswith("@"):
         return teacher[1:]
@@ -121,11 +124,20 @@ def group_of(run: Run) -> str:
 
 
 def shard(runs: list[Run], i: int, n: int) -> list[Run]:
-    """Runs of shard ``i`` of ``n`` (0-based): disjoint, together all runs, dependent runs together."""
+    """Runs of shard ``i`` of ``n`` (0-based): disjoint, together all runs, dependent runs together.
+
+    Groups go, largest first (by trained models), to the shard with the fewest trained models so far,
+    so shards run side by side finish at about the same time."""
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"--shard {i}/{n}: need 0 <= i < n")
-    chosen = set(sorted({group_of(r) for r in runs})[i::n])
-    return [r for r in runs if group_of(r) in chosen]
+    cost: dict[str, int] = {}
+    for r in runs:
+        cost[group_of(r)] = cost.get(group_of(r), 0) + (not r.is_variant)
+    load, owner = [0] * n, {}
+    for g in sorted(cost, key=lambda g: (-cost[g], g)):
+        owner[g] = min(range(n), key=lambda k: (load[k], k))
+        load[owner[g]] += max(cost[g], 1)
+    return [r for r in runs if owner[group_of(r)] == i]
 
 
 def status(run: Run, sweep_dir: Path) -> str:

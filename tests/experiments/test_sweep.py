@@ -75,6 +75,21 @@ def test_shards_keep_students_with_their_teacher(n):
                 assert r.config.teacher[1:] in hashes
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_embedding_shards_keep_a_soup_with_its_ingredients_and_balance_training(n):
+    runs = expand("embedding", "default")
+    parts = [shard(runs, i, n) for i in range(n)]
+    soup = next(r for r in runs if r.kind == "soup")
+    home = next(p for p in parts if soup in p)
+    trained_here = {r.config.short_hash() for r in home if r.kind == "train"}
+    assert {c.short_hash() for c in soup.ingredients} <= trained_here
+    for r in runs:  # a deployed model is evaluated where it is trained
+        if r.kind == "deploy":
+            assert r.config.short_hash() in {q.config.short_hash() for q in home if q.kind == "train"}
+    loads = [sum(r.kind == "train" for r in p) for p in parts]
+    assert sum(loads) == sum(r.kind == "train" for r in runs) and max(loads) - min(loads) <= 1
+
+
 def test_bad_shard_and_scale_and_name():
     with pytest.raises(ValueError):
         shard([], 2, 2)
