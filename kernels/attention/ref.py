@@ -32,14 +32,6 @@ def masked_softmax_weights(logits: Float[Array, "... q s"], mask: Array) -> tupl
     return masked_softmax_stats(logits, mask)[:2]
 
 
-def masked_softmax_combine(
-    logits: Float[Array, "... q s"], mask: Array, v: Float[Array, "... s e"]
-) -> Float[Array, "... q e"]:
-    """softmax(logits | mask) @ v in f32; a row with no visible key gives zeros, not NaN."""
-    p, denom = masked_softmax_weights(logits, mask)
-    return jnp.einsum("...qs,...se->...qe", p, v.astype(jnp.float32)) / denom
-
-
 def attention_reference(
     q: Float[Array, "t h e"],
     k: Float[Array, "s k e"],

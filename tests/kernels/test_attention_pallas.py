@@ -134,14 +134,19 @@ def test_rows_without_visible_keys_give_zeros():
 
 
 def test_masked_softmax_row_with_no_visible_key_is_zero():
-    from kernels.attention.ref import masked_softmax_combine
+    from kernels.attention.ref import masked_softmax_stats
 
     logits = jnp.arange(12.0).reshape(3, 4)
     mask = jnp.array([[True, False, True, False], [False] * 4, [True] * 4])
-    out = masked_softmax_combine(logits, mask, jnp.ones((4, 2)))
-    assert np.all(np.isfinite(np.asarray(out)))
-    np.testing.assert_array_equal(np.asarray(out[1]), 0.0)
-    np.testing.assert_allclose(np.asarray(out)[[0, 2]], 1.0, rtol=1e-6)
+    p, denom, m = (np.asarray(x) for x in masked_softmax_stats(logits, mask))
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(denom)) and np.all(np.isfinite(m))
+    np.testing.assert_array_equal(p[1], 0.0)  # nothing visible: zero weights over a unit denominator
+    assert denom[1, 0] == 1.0 and m[1, 0] == 0.0
+    np.testing.assert_array_equal(p[0, [1, 3]], 0.0)  # masked keys weigh nothing
+    seen = np.asarray(jnp.where(mask, logits, -jnp.inf))[[0, 2]]
+    np.testing.assert_allclose((p / denom)[[0, 2]], np.asarray(jax.nn.softmax(seen, axis=-1)), rtol=1e-6)
+    np.testing.assert_allclose((m + np.log(denom))[[0, 2], 0],  # max + log(sum) is the log-sum-exp
+                               np.asarray(jax.nn.logsumexp(seen, -1)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("t, window, causal, bq, bk", [
