@@ -35,6 +35,19 @@ def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
     return sorted(pairs)
 
 
+def _label(ax, x: str, y: str, title: str, *, xscale: str | None = None, legend: int | None = 8,
+           ncol: int = 1) -> None:
+    """Axis labels, title, optional log x-axis, legend (font size; None: no legend) and a light grid."""
+    if xscale:
+        ax.set_xscale(xscale)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=legend, ncol=ncol)
+    ax.grid(alpha=0.3)
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -52,11 +65,8 @@ def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> li
     ax.scatter(mib, df["evals.val_ppl"], s=40)
     for x, y, label in zip(mib, df["evals.val_ppl"], df["label"]):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Memory / quality trade-off of Gemma-family layer patterns")
-    ax.grid(alpha=0.3)
+    _label(ax, "decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)", "validation perplexity",
+           "Memory / quality trade-off of Gemma-family layer patterns", xscale="log", legend=None)
     paths = [_save(fig, Path(figures) / f"{name}.png")]
     paths += plot_loss_by_position(df, figures, name)
     paths += plot_probes(df, figures, name)
@@ -77,11 +87,8 @@ def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Pa
         return []
     if "evals.window" in df and df["evals.window"].notna().any():
         ax.axvline(float(df["evals.window"].dropna().iloc[0]), color="grey", ls="--", lw=1, label="window")
-    ax.set_xlabel("token position (start of bucket)")
-    ax.set_ylabel("validation loss (nats)")
-    ax.set_title("Loss by position")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    _label(ax, "token position (start of bucket)", "validation loss (nats)", "Loss by position", legend=7,
+           ncol=2)
     return [_save(fig, Path(figures) / f"{name}_loss_by_position.png")]
 
 
@@ -95,11 +102,8 @@ def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
             if pts:
                 ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
                 drawn = True
-        ax.set_xlabel("distance (tokens)")
-        ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
+        _label(ax, "distance (tokens)", "accuracy", title, legend=None)
     if not drawn:
         plt.close(fig)
         return []
@@ -154,11 +158,8 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
     train_len = df["run.seq_len"].dropna().iloc[0] if "run.seq_len" in df else None
     if train_len is not None:
         ax.axvline(float(train_len), color="grey", ls="--", lw=1, label="training length")
-    ax.set_xlabel("token position (start of bucket)")
-    ax.set_ylabel("validation loss (nats)")
-    ax.set_title("Beyond the training length: RoPE base and rescaling")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _label(ax, "token position (start of bucket)", "validation loss (nats)",
+           "Beyond the training length: RoPE base and rescaling", legend=7)
     return [_save(fig, Path(figures) / f"{name}.png")]
 
 
@@ -176,12 +177,8 @@ def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list
     for _, row in teachers.iterrows():
         ax.axhline(row["evals.val_ppl"], color="grey", ls="--", lw=1,
                    label=f"{row['label']} ({row['evals.params_non_embedding'] / 1e6:.2f}M)")
-    ax.set_xscale("log")
-    ax.set_xlabel("student non-embedding parameters (log scale)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Next-token training vs distillation at equal student tokens")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _label(ax, "student non-embedding parameters (log scale)", "validation perplexity",
+           "Next-token training vs distillation at equal student tokens", xscale="log")
     return [_save(fig, Path(figures) / f"{name}.png")]
 
 
@@ -205,21 +202,13 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
         curves[who] = part.set_index("tag.tokens")["evals.val_ppl"]
         ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
                 label="next-token" if who == "none" else f"from {who} ({size.get(who, float('nan')):.2f}M)")
-    ax.set_title("student perplexity by teacher")
-    ax.set_xscale("log")
-    ax.set_xlabel("student training tokens")
-    ax.set_ylabel("student validation perplexity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _label(ax, "student training tokens", "student validation perplexity", "student perplexity by teacher",
+           xscale="log")
     order = [t for t in teachers["tag.teacher"] if t in curves]
     for big in order[1:]:
         diff = (curves[big] / curves[order[0]] - 1.0).dropna()
         rel.plot(diff.index, 100 * diff.values, marker="o", label=f"{big} vs {order[0]}")
     rel.axhline(0.0, color="grey", lw=1)
-    rel.set_xscale("log")
-    rel.set_xlabel("student training tokens")
-    rel.set_ylabel("relative perplexity difference (%)")
-    rel.set_title("below 0: the larger teacher is better")
-    rel.legend(fontsize=8)
-    rel.grid(alpha=0.3)
+    _label(rel, "student training tokens", "relative perplexity difference (%)",
+           "below 0: the larger teacher is better", xscale="log")
     return [_save(fig, Path(figures) / f"{name}.png")]
