@@ -1,7 +1,8 @@
 """Tables and figures of the ``embedding`` sweep, from ``collect("embedding")`` only.
 
 ``tables(df)`` returns the report-table analogues as DataFrames; ``plot_all(df, figures)`` draws
-quality vs Matryoshka dimension (Tables 6-8) and quality vs bits per weight (Table 1).
+every point against BM25, quality vs Matryoshka dimension (Tables 6-8) and quality vs bits per weight
+(Table 1).
 """
 
 from __future__ import annotations
@@ -79,31 +80,43 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
-    """``figures/embedding_dims.png`` and ``figures/embedding_bits.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """``embedding_ablations.png`` (every point's held-out code nDCG@10 against BM25),
+    ``embedding_dims.png`` and ``embedding_bits.png`` in ``figures``."""
     import matplotlib.pyplot as plt
 
-    figures.mkdir(parents=True, exist_ok=True)
+    from experiments.plots import _label, _save
+
+    figures = Path(figures)
     paths = []
+    bm25 = df[df["label"] == "BM25"]
+    bm25_score = full_dim_column(df, "code", "ndcg@10", bm25.iloc[0]) if not bm25.empty else None
+
+    order = [x for labels in TABLES.values() for x in labels]
+    rows = summary_table(df, list(dict.fromkeys(x for x in order if x != "BM25")))
+    if not rows.empty:
+        fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+        y = range(len(rows))[::-1]
+        colors = ["C2" if x == "base" else "C7" if x.startswith("untrained") else "C0" for x in rows["label"]]
+        ax.barh(list(y), rows["code ndcg@10"], color=colors)
+        ax.set_yticks(list(y), rows["label"], fontsize=8)
+        if bm25_score is not None:
+            ax.axvline(bm25_score, color="k", ls="--", lw=1, label=f"BM25 {bm25_score:.3f}")
+        _label(ax, "held-out code nDCG@10 (full dimension)", "",
+               "Every ablation against BM25 (base in green)")
+        paths.append(_save(fig, figures / "embedding_ablations.png"))
+
     ds = dims(df)
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in ("base", "no MRL", "init random", "soup", "untrained encoder"):
         row = df[df["label"] == label]
         if not row.empty:
             ax.plot(ds, [row.iloc[0][f"evals.code.d{d}.ndcg@10"] for d in ds], marker="o", label=label)
-    bm25 = df[df["label"] == "BM25"]
-    if not bm25.empty:
-        ax.axhline(full_dim_column(df, "code", "ndcg@10", bm25.iloc[0]), color="k", ls="--", label="BM25")
-    ax.set(xscale="log", xlabel="embedding dimension (Matryoshka prefix)", ylabel="held-out code nDCG@10",
-           title="Quality vs dimension (EmbeddingGemma Tables 6-8)")
+    if bm25_score is not None:
+        ax.axhline(bm25_score, color="k", ls="--", label="BM25")
+    _label(ax, "embedding dimension (Matryoshka prefix)", "held-out code nDCG@10",
+           "Quality vs dimension (EmbeddingGemma Tables 6-8)", xscale="log")
     ax.set_xticks(ds, [str(d) for d in ds])
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(figures / "embedding_dims.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, figures / "embedding_dims.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     q = summary_table(df, TABLES["Table 1: quantization"])
@@ -114,10 +127,7 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
                        color="C1" if qat else "C0")
             ax.annotate(r["label"], (r["bits/weight"], r["code ndcg@10"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="bits per weight (codes + scales)", ylabel="held-out code nDCG@10",
-           title="Quality vs bits (EmbeddingGemma Table 1; squares: QAT)")
-    fig.tight_layout()
-    paths.append(figures / "embedding_bits.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    _label(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",
+           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)", legend=None)
+    paths.append(_save(fig, figures / "embedding_bits.png"))
     return paths
