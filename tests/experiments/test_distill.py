@@ -11,7 +11,6 @@ import pytest
 
 from experiments import distill
 from experiments.losses import LOSSES, get_loss, xent
-from experiments.runconfig import RunConfig
 from experiments.teacher import (
     SampledStore,
     load_teacher,
@@ -166,15 +165,12 @@ def test_precomputed_samples_path_matches_on_the_fly():
 
 # ------------------------------------------------------------------------------- teachers, end to end
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, write_corpus):
+def trained(tmp_path_factory, write_corpus, tiny_run):
     """A tiny teacher trained 4 steps in a sweep-like folder, and a student config beside it."""
     root = tmp_path_factory.mktemp("distill")
     mp = pytest.MonkeyPatch()
     mp.setenv("GEMMA_ARCH_LAB_CACHE", str(root / "cache"))
-    base = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")),
-                     data=write_corpus(root / "corpus"), vocab_size=300, matmul_dtype="float32",
-                     steps=4, batch=4, seq_len=32, warmup=1, eval_every=4, eval_batches=1, ckpt_every=4,
-                     log_every=2)
+    base = tiny_run(write_corpus(root / "corpus"), steps=4, warmup=1, eval_every=4, ckpt_every=4, log_every=2)
     teacher = base.with_model(width=96, mlp_width=192)
     sweep = root / "sweep"
     summary = train(teacher, sweep / teacher.short_hash(), progress=False)

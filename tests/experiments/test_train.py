@@ -14,15 +14,13 @@ from experiments.train import NonFiniteLossError, load_trained, main, parse_args
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, write_corpus):
+def env(tmp_path_factory, write_corpus, tiny_run):
     """A tiny corpus, a private cache root, and a tiny 2-layer (L, G) run on it."""
     root = tmp_path_factory.mktemp("train")
     mp = pytest.MonkeyPatch()
     mp.setenv("GEMMA_ARCH_LAB_CACHE", str(root / "cache"))
-    run = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")),
-                    data=write_corpus(root / "corpus"), vocab_size=300, matmul_dtype="float32",
-                    steps=6, batch=4, seq_len=32, warmup=2, lr=3e-3, eval_every=3, eval_batches=1,
-                    ckpt_every=3, log_every=1)
+    run = tiny_run(write_corpus(root / "corpus"), steps=6, warmup=2, lr=3e-3, eval_every=3, ckpt_every=3,
+                   log_every=1)
     straight = root / "straight"
     summary = train(run, straight, progress=False)
     yield dict(root=root, run=run, straight=straight, summary=summary)
