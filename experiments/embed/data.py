@@ -52,6 +52,7 @@ class EmbedData:
     teacher_queries: np.ndarray | None = None  # [P, e] aligned to the student's width
     teacher_docs: np.ndarray | None = None  # [D, e]
     teacher_vocab: np.ndarray | None = None  # [vocab, width]: teacher.vocabulary_vectors
+    teacher_basis: np.ndarray | None = None  # [e, width]: teacher.basis of the training texts
 
     @property
     def num_pairs(self) -> int:
@@ -134,4 +135,5 @@ def _prepare(key: tuple, teacher_spec: str | None, width: int) -> EmbedData:
         data.teacher_name = location
         data.teacher_queries, data.teacher_docs = emb[: len(queries)], emb[len(queries):]
         data.teacher_vocab = teacher_mod.vocabulary_vectors(tokenizer, location, b)
+        data.teacher_basis = b
     return data

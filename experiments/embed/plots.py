@@ -14,7 +14,8 @@ import pandas as pd
 
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)
-    "baselines (BM25, untrained floor)": ["BM25", "untrained random", "untrained encoder", "base"],
+    "baselines (BM25, teacher, untrained floor)": ["BM25", "teacher", "untrained random", "untrained encoder",
+                                                   "base"],
     "Table 2: initialisation": ["init random", "init decoder", "base"],
     "Table 3: pooling": ["base", "pooling first", "pooling last", "pooling attention"],
     "losses: spread-out x distillation": ["base", "no spread-out", "no distillation",
@@ -96,18 +97,19 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
     if not rows.empty:
         fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
         y = range(len(rows))[::-1]
-        colors = ["C2" if x == "base" else "C7" if x.startswith("untrained") else "C0" for x in rows["label"]]
+        color = {"base": "C2", "teacher": "C3", "untrained random": "C7", "untrained encoder": "C7"}
+        colors = [color.get(x, "C0") for x in rows["label"]]
         ax.barh(list(y), rows["code ndcg@10"], color=colors)
         ax.set_yticks(list(y), rows["label"], fontsize=8)
         if bm25_score is not None:
             ax.axvline(bm25_score, color="k", ls="--", lw=1, label=f"BM25 {bm25_score:.3f}")
         _label(ax, "held-out code nDCG@10 (full dimension)", "",
-               "Every ablation against BM25 (base in green)")
+               "Every ablation against BM25 (base green, teacher red)")
         paths.append(_save(fig, figures / "embedding_ablations.png"))
 
     ds = dims(df)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label in ("base", "no MRL", "init random", "soup", "untrained encoder"):
+    for label in ("teacher", "base", "no MRL", "init random", "soup", "untrained encoder"):
         row = df[df["label"] == label]
         if not row.empty:
             ax.plot(ds, [row.iloc[0][f"evals.code.d{d}.ndcg@10"] for d in ds], marker="o", label=label)

@@ -79,7 +79,7 @@ class EmbedRun(Run):
     """A point of the embedding sweep. ``config`` is the trained model's ``EmbedConfig`` (for a
     baseline: the base config, whose data settings it shares)."""
 
-    kind: str = "train"  # train | bm25 | untrained | soup | deploy
+    kind: str = "train"  # train | bm25 | teacher | untrained | soup | deploy
     group: str | None = None  # runs sharing a group go to one shard (a soup and its ingredients)
     precision: str | None = None  # deploy: "bfloat16" or a quantization scheme
     ingredients: tuple[EmbedConfig, ...] = ()  # soup
@@ -127,6 +127,9 @@ def runs(scale: str) -> list[EmbedRun]:
     base = train("base", b, group=soup_group, base=True)
     out.append(EmbedRun(label="BM25", kind="bm25", config=b, quick=quick,
                         tags=_tags(scale, b, init="none", pooling="none", precision="none")))
+    if b.teacher not in (None, "none"):
+        out.append(EmbedRun(label="teacher", kind="teacher", config=b, quick=quick,
+                            tags=_tags(scale, b, init="none", pooling="mean", precision="float32")))
     for init in ("random", "encoder"):
         out.append(EmbedRun(label=f"untrained {init}", kind="untrained", config=b.replace(init=init),
                             quick=quick, tags=_tags(scale, b.replace(init=init))))
@@ -176,6 +179,8 @@ def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = Tru
     if r.kind == "bm25":
         evals = {name: {f"d{r.config.dims()[0]}": evaluate_bm25(task)} for name, (task, _, _) in
                  data.eval_tasks.items()}
+    elif r.kind == "teacher":  # the distillation target: the teacher projected to the student's width
+        evals, extra = teacher_evals(r.config, data)
     else:
         import jax
 
@@ -207,6 +212,24 @@ def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = Tru
                **extra}
     write_json(d / "summary.json", summary)
     return summary
+
+
+def teacher_evals(ec: EmbedConfig, data) -> tuple[dict, dict]:
+    """The teacher's held-out metrics on raw texts: projected on the distillation basis (what the
+    student is trained to match, as ``evals`` at the student's width) and at its own width (the
+    ceiling, as ``teacher_full_width``)."""
+    from experiments.embed import teacher as teacher_mod
+    from experiments.embed.evaluate import evaluate_embeddings
+
+    if data.teacher_basis is None:
+        raise ValueError(f"EmbedConfig.teacher={ec.teacher!r}: no teacher found to evaluate")
+    evals, full = {}, {}
+    for name, (task, _, _) in data.eval_tasks.items():
+        q, d = (teacher_mod.embeddings(list(texts), data.teacher_name) for texts in (task.queries, task.docs))
+        evals[name] = evaluate_embeddings(teacher_mod.project(q, data.teacher_basis),
+                                          teacher_mod.project(d, data.teacher_basis), task, ec.dims())
+        full[name] = evaluate_embeddings(q, d, task, (q.shape[1],))
+    return evals, {"teacher": data.teacher_name, "teacher_full_width": full}
 
 
 def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figures: Path | None = None,

@@ -53,3 +53,31 @@ def test_quick_pipeline_end_to_end(tmp_path):
     df = collect("embedding", out=tmp_path, scale="quick")
     assert set(df["label"]) == {"base", "int8", "soup", "BM25"} and set(df["status"]) == {"done"}
     assert "evals.code.d16.ndcg@10" in df
+
+
+def test_teacher_point_scores_an_oracle_teacher_perfectly(tmp_path):
+    """The sweep's teacher baseline: at its own width and projected on the distillation basis, a
+    teacher that maps each query onto its relevant document retrieves it first."""
+    import types
+
+    from experiments.embed.pairs import RetrievalTask
+    from experiments.embed.sweep import teacher_evals
+    from experiments.embed.teacher import basis
+
+    rng = np.random.default_rng(0)
+    docs = tuple(f"def f{i}(): pass" for i in range(12))
+    queries = tuple(f"function {i}" for i in range(12))
+    task = RetrievalTask("code", queries, docs, tuple(frozenset([(i * 5) % 12]) for i in range(12)))
+    doc_vecs = rng.normal(size=(12, 24))
+    vecs = np.concatenate([doc_vecs[[(i * 5) % 12 for i in range(12)]], doc_vecs])  # queries, then docs
+    np.save(tmp_path / "t.npy", vecs)
+    (tmp_path / "t.texts.json").write_text(json.dumps(list(queries + docs)))
+    data = types.SimpleNamespace(eval_tasks={"code": (task, None, None)},
+                                 teacher_name=str(tmp_path / "t.npy"),
+                                 teacher_basis=basis(rng.normal(size=(50, 24)), 8))
+    evals, extra = teacher_evals(BASES["quick"].replace(mrl_dims=(8, 4)), data)
+    assert evals["code"]["d8"]["ndcg@10"] == 1.0
+    assert extra["teacher_full_width"]["code"]["d24"]["mrr@10"] == 1.0
+    assert set(evals["code"]) == {"d8", "d4"}
+    with np.testing.assert_raises(ValueError):  # no teacher: a clear error, not a silent zero
+        teacher_evals(BASES["quick"], types.SimpleNamespace(teacher_basis=None))
