@@ -118,6 +118,7 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
     _label(ax, "embedding dimension (Matryoshka prefix)", "held-out code nDCG@10",
            "Quality vs dimension (EmbeddingGemma Tables 6-8)", xscale="log")
     ax.set_xticks(ds, [str(d) for d in ds])
+    ax.minorticks_off()  # the log axis' own minor labels would overlap the prefixes
     paths.append(_save(fig, figures / "embedding_dims.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -129,7 +130,9 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
                        color="C1" if qat else "C0")
             ax.annotate(r["label"], (r["bits/weight"], r["code ndcg@10"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+    if bm25_score is not None:  # the scale of the differences: what a lexical baseline scores
+        ax.axhline(bm25_score, color="k", ls="--", lw=1, label="BM25")
     _label(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",
-           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)", legend=None)
+           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)", legend=8 if bm25_score else None)
     paths.append(_save(fig, figures / "embedding_bits.png"))
     return paths
