@@ -130,14 +130,15 @@ def shard(runs: list[Run], i: int, n: int) -> list[Run]:
     so shards run side by side finish at about the same time."""
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"--shard {i}/{n}: need 0 <= i < n")
-    cost: dict[str, int] = {}
-    for r in runs:
-        cost[group_of(r)] = cost.get(group_of(r), 0) + (not r.is_variant)
+    groups = [group_of(r) for r in runs]
+    cost = {g: 0 for g in groups}
+    for g, r in zip(groups, runs):
+        cost[g] += not r.is_variant
     load, owner = [0] * n, {}
     for g in sorted(cost, key=lambda g: (-cost[g], g)):
         owner[g] = min(range(n), key=lambda k: (load[k], k))
         load[owner[g]] += max(cost[g], 1)
-    return [r for r in runs if owner[group_of(r)] == i]
+    return [r for g, r in zip(groups, runs) if owner[g] == i]
 
 
 def status(run: Run, sweep_dir: Path) -> str:

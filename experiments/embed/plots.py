@@ -133,6 +133,7 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
     if bm25_score is not None:  # the scale of the differences: what a lexical baseline scores
         ax.axhline(bm25_score, color="k", ls="--", lw=1, label="BM25")
     _label(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",
-           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)", legend=8 if bm25_score else None)
+           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)",
+           legend=8 if bm25_score is not None else None)
     paths.append(_save(fig, figures / "embedding_bits.png"))
     return paths

@@ -233,14 +233,17 @@ def teacher_evals(ec: EmbedConfig, data) -> tuple[dict, dict]:
 
 
 def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figures: Path | None = None,
-                        dry_run: bool = False, progress: bool = True,
-                        shard_spec: tuple[int, int] = (0, 1)) -> dict[str, list[str]]:
-    """Execute every point of the sweep at ``scale`` (or of one shard) into ``out/embedding/``;
-    plots into ``figures``."""
+                        dry_run: bool = False, progress: bool = True, shard_spec: tuple[int, int] = (0, 1),
+                        workers: int = 1) -> dict[str, list[str]]:
+    """Execute every point of the sweep at ``scale`` (or of one shard, or as ``workers`` one-core
+    processes: :func:`run_workers`) into ``out/embedding/``; plots into ``figures``."""
     from experiments.sweep import run_sweep
 
-    result = run_sweep(SWEEP, scale=scale, out=Path(out), dry_run=dry_run, progress=progress, plot=False,
-                       shard_spec=shard_spec)
+    if workers > 1 and not dry_run:
+        result = run_workers(scale, Path(out), workers)
+    else:
+        result = run_sweep(SWEEP, scale=scale, out=Path(out), dry_run=dry_run, progress=progress, plot=False,
+                           shard_spec=shard_spec)
     if figures is not None and result["done"]:
         from experiments.embed.plots import plot_all
 
@@ -278,12 +281,12 @@ def run_workers(scale: str, out: Path, workers: int) -> dict[str, list[str]]:
     procs = [subprocess.Popen([sys.executable, "-m", "experiments.embed.sweep", "--scale", scale, "--out",
                                str(out), "--shard", f"{i}/{workers}", "--core", str(cores[i])], env=env)
              for i in range(workers)]
-    codes = [p.wait() for p in procs]
-    keys = [r.key for r in runs(scale)]
+    crashed = any(p.wait() for p in procs)
     from experiments.sweep import status
 
-    done = [k for k, r in zip(keys, runs(scale)) if status(r, Path(out) / SWEEP) == "done"]
-    return {"done": done, "failed": [k for k in keys if k not in done] if any(codes) else []}
+    points = runs(scale)
+    done = [r.key for r in points if status(r, Path(out) / SWEEP) == "done"]
+    return {"done": done, "failed": [r.key for r in points if r.key not in done] if crashed else []}
 
 
 def collect_embedding(scale: str | None = None, *, out: Path = DEFAULT_OUT):
@@ -338,16 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {a.core})
     if a.workers < 1:
         p.error(f"--workers {a.workers}: must be >= 1")
-    if a.workers > 1 and not a.dry_run:
-        result = run_workers(a.scale, a.out, a.workers)
-        if a.figures is not None and result["done"]:
-            from experiments.embed.plots import plot_all
-
-            for path in plot_all(collect_embedding(a.scale, out=a.out), a.figures):
-                print(f"figure: {path}")
-    else:
-        result = run_embedding_sweep(a.scale, out=a.out, figures=a.figures, dry_run=a.dry_run,
-                                     shard_spec=a.shard)
+    result = run_embedding_sweep(a.scale, out=a.out, figures=a.figures, dry_run=a.dry_run, shard_spec=a.shard,
+                                 workers=a.workers)
     if not a.dry_run and a.core is None:
         from experiments.embed.plots import tables
 
