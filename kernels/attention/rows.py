@@ -16,7 +16,9 @@ from the saved row log-sum-exp instead of keeping it.
 
 Shapes: ``q [..., h, m, e]`` (rows ``m``), ``k, v [..., h, s, e]`` (``h`` KV heads), row positions
 and segments ``[..., m]``, key positions and segments ``[..., s]``; the mask is
-:func:`kernels.masks.visible` and equal segments.
+:func:`kernels.masks.visible` and equal segments. With ``copy_inputs`` the inputs (and the output's
+cotangent) are first written out row-major: the caller passes it when they are transposed views (more
+than one KV head); one KV head makes every view a reshape, and the copies would be wasted passes.
 """
 
 import functools
@@ -39,15 +41,19 @@ def _scores(q, kt, scale, softcap):
     return softcap_logits(dot(q, kt) * scale, softcap)
 
 
-def _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap):
-    q, k, v = physical_transpose(q), physical_transpose(k), physical_transpose(v)  # row-major inputs
+def _row_major(a: Array, copy: bool) -> Array:
+    return physical_transpose(a) if copy else a
+
+
+def _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap, copy_inputs):
+    q, k, v = (_row_major(a, copy_inputs) for a in (q, k, v))
     mask = _mask(q_pos, k_pos, q_seg, k_seg, window, causal)
     p, denom, m = masked_softmax_stats(_scores(q, physical_swap(k), scale, softcap), mask)
     o = (dot(p.astype(v.dtype), v) / denom).astype(q.dtype)
     return o, (q, k, v, o, m + jnp.log(denom))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
 def attend_rows(
     q: Float[Array, "... h m e"],
     k: Float[Array, "... h s e"],
@@ -60,21 +66,23 @@ def attend_rows(
     causal: bool,
     scale: float,
     softcap: float | None,
+    copy_inputs: bool = True,
 ) -> Float[Array, "... h m e"]:
     """``softmax(S | mask) V`` per row; see the module docstring."""
-    return _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)[0]
+    return _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap, copy_inputs)[0]
 
 
-def _fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap):
-    o, (q, k, v, o, lse) = _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)
+def _fwd(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap, copy_inputs):
+    o, (q, k, v, o, lse) = _forward(q, k, v, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap,
+                                    copy_inputs)
     return o, (q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg)
 
 
-def _bwd(window, causal, scale, softcap, res, do):
+def _bwd(window, causal, scale, softcap, copy_inputs, res, do):
     q, k, v, o, lse, q_pos, k_pos, q_seg, k_seg = res
     s = _scores(q, physical_swap(k), scale, softcap)
     p = jnp.where(_mask(q_pos, k_pos, q_seg, k_seg, window, causal), jnp.exp(s - lse), 0.0)
-    do = physical_transpose(do.astype(v.dtype))
+    do = _row_major(do.astype(v.dtype), copy_inputs)
     dp = dot(do, physical_swap(v))
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
     dz = p * (dp - delta)

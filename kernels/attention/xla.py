@@ -1,10 +1,14 @@
 """Plain-JAX attention whose cost follows what a query can see: the CPU path of every layer.
 
-Global layers are dense (every key is visible). Local layers are computed in query blocks of
+Global layers are dense: every key is visible, except that causal attention splits the queries into
+slices and slice ``i`` reads keys ``[0, end_i)`` only (2 slices do 3/4 of the dense work, 4 do 5/8).
+Local layers are computed in query blocks of
 ``block`` rows; each block gathers only the key blocks that intersect its band, so time and memory
 are O(t * window) rather than O(t^2). Both run :func:`kernels.attention.rows.attend_rows`, whose
 backward is written out with row-major products (bf16 stays bf16 on XLA's CPU fast path). Query
-heads that share a KV head become rows of one product (GQA as a taller matrix, not a repeat of K/V).
+heads that share a KV head become rows of one product (GQA as a taller matrix, not a repeat of K/V),
+ordered position-major (row ``t * g + j`` is head ``j`` at position ``t``), so with one KV head the
+rows are a reshape of the projection's output, not a transpose of it.
 
 Inputs are one sequence ``q [t, h, e]`` or a batch ``q [b, t, h, e]`` (segment ids ``[t]`` or
 ``[b, t]``); a batch is one product per layer, not a ``vmap`` of per-sequence products.
@@ -35,19 +39,19 @@ def _batched(fn):
 
 
 def _as_rows(q: Array, nkv: int) -> Array:
-    """``[..., t, h, e] -> [..., k, g * t, e]``: the g query heads of KV head k stacked as rows."""
+    """``[..., t, h, e] -> [..., k, t * g, e]``: the g query heads of KV head k as rows, by position."""
     *lead, t, h, e = q.shape
     n = len(lead)
     q = q.reshape(*lead, t, nkv, h // nkv, e)
-    return q.transpose(*range(n), n + 1, n + 2, n, n + 3).reshape(*lead, nkv, h // nkv * t, e)
+    return q.transpose(*range(n), n + 1, n, n + 2, n + 3).reshape(*lead, nkv, t * (h // nkv), e)
 
 
 def _from_rows(o: Array, t: int) -> Array:
     """Inverse of :func:`_as_rows`."""
-    *lead, nkv, gt, e = o.shape
+    *lead, nkv, tg, e = o.shape
     n = len(lead)
-    o = o.reshape(*lead, nkv, gt // t, t, e)
-    return o.transpose(*range(n), n + 2, n, n + 1, n + 3).reshape(*lead, t, gt // t * nkv, e)
+    o = o.reshape(*lead, nkv, t, tg // t, e)
+    return o.transpose(*range(n), n + 1, n, n + 2, n + 3).reshape(*lead, t, tg // t * nkv, e)
 
 
 def _heads_first(k: Array) -> Array:
@@ -56,18 +60,37 @@ def _heads_first(k: Array) -> Array:
     return k.transpose(*range(n), n + 1, n, n + 2)
 
 
+def _causal_slices(t: int, s: int, window, causal: bool) -> int:
+    """Query slices of a causal global layer: one per 256 queries, at most 4, dividing t."""
+    if not causal or window is not None or t != s:
+        return 1
+    return next((n for n in (4, 2) if t % n == 0 and t // n >= 256), 1)
+
+
 @_batched
-def dense_attention(q, k, v, *, window=None, causal=True, softcap=None, scale=None, segment_ids=None):
-    """Every query against every key (the mask does the rest): global layers and short sequences."""
+def dense_attention(q, k, v, *, window=None, causal=True, softcap=None, scale=None, segment_ids=None,
+                    slices=None):
+    """Every query against every key the mask may allow (the mask does the rest): global layers and
+    short sequences. Causal self-attention runs in ``slices`` query slices (default
+    :func:`_causal_slices`), slice ``i`` against the keys up to its last query."""
     b, t, h, e = q.shape
     s, nkv = k.shape[1], k.shape[2]
     g = h // nkv
     scale = e**-0.5 if scale is None else scale
     seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    out = attend_rows(_as_rows(q, nkv), _heads_first(k), _heads_first(v),
-                      jnp.tile(jnp.arange(t), g), jnp.arange(s), jnp.tile(seg, (1, g)), seg,
-                      window, causal, scale, softcap)
-    return _from_rows(out, t)
+    n = _causal_slices(t, s, window, causal) if slices is None else slices
+    if n > 1 and (not causal or t != s or t % n):
+        raise ValueError(f"slices={n} needs causal self-attention with t ({t}) a multiple of it")
+    rows = t // n
+    outs = []
+    for lo in range(0, t, rows):
+        hi = lo + rows if n > 1 else s  # the keys up to the slice's last query
+        out = attend_rows(_as_rows(q[:, lo : lo + rows], nkv), _heads_first(k[:, :hi]),
+                          _heads_first(v[:, :hi]), jnp.repeat(jnp.arange(lo, lo + rows), g),
+                          jnp.arange(hi), jnp.repeat(seg[:, lo : lo + rows], g, axis=-1), seg[:, :hi],
+                          window, causal, scale, softcap, nkv > 1)
+        outs.append(_from_rows(out, rows))
+    return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)
 
 
 @_batched
@@ -111,15 +134,15 @@ def local_attention_blocked(
 
     pos = jnp.arange(t)[None]
     seg = jnp.zeros((bsz, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    q_pos = jnp.tile(jnp.pad(pos[0], (0, pad_t), constant_values=-(2**30)).reshape(nb, b), (1, g))
+    q_pos = jnp.repeat(jnp.pad(pos[0], (0, pad_t), constant_values=-(2**30)).reshape(nb, b), g, axis=-1)
     k_pos = bands(pos, -1)[0]  # -1: padding, never visible
-    q_seg = jnp.tile(jnp.pad(seg, ((0, 0), (0, pad_t)), constant_values=-1).reshape(bsz, nb, b), (1, 1, g))
+    q_seg = jnp.repeat(jnp.pad(seg, ((0, 0), (0, pad_t)), constant_values=-1).reshape(bsz, nb, b), g, axis=-1)
     k_seg = bands(seg, -2)
     qb = _as_rows(jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0))).reshape(bsz, nb, b, h, e), nkv)
     kb, vb = _heads_first(bands(k)), _heads_first(bands(v))
 
     def run(qb, kb, vb, q_pos, k_pos, q_seg, k_seg):
-        return attend_rows(qb, kb, vb, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap)
+        return attend_rows(qb, kb, vb, q_pos, k_pos, q_seg, k_seg, window, causal, scale, softcap, nkv > 1)
 
     per_step = max(1, rows_per_step // (bsz * b))  # query blocks per lax.map step
     if per_step >= nb:

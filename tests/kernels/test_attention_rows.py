@@ -59,3 +59,37 @@ def test_long_sequence_walks_blocks_in_chunks():
     np.testing.assert_allclose(walked(q, k, v), full(q, k, v), rtol=1e-6, atol=1e-6)
     for got, want in zip(grads(walked, q, k, v, w), grads(full, q, k, v, w)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 4])
+@pytest.mark.parametrize("kv", [1, 2])
+def test_causal_global_query_slices_match_the_reference(slices, kv):
+    """Slice i of a causal global layer reads only keys up to its last query; nothing else changes."""
+    from kernels.attention.xla import dense_attention
+
+    q, k, v, w = qkv(2, 64, 4, kv, 8, seed=5)
+    seg = jnp.stack([(jnp.arange(64) >= 40), (jnp.arange(64) >= 9)]).astype(jnp.int32)
+
+    def ref(q, k, v):
+        one = lambda q, k, v, s: kernels.attention_reference(q, k, v, segment_ids=s, softcap=4.0)  # noqa: E731
+        return jax.vmap(one)(q, k, v, seg)
+
+    def ours(q, k, v):
+        return dense_attention(q, k, v, segment_ids=seg, softcap=4.0, slices=slices)
+
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.jit(lambda *a: grads(ours, *a))(q, k, v, w), grads(ref, q, k, v, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_slices_default_and_bad_values():
+    from kernels.attention.xla import _causal_slices, dense_attention
+
+    lengths = (128, 512, 1024, 4096, 1000, 1001)
+    assert [_causal_slices(t, t, None, True) for t in lengths] == [1, 2, 4, 4, 2, 1]
+    assert _causal_slices(512, 512, None, False) == 1 and _causal_slices(512, 300, None, True) == 1
+    q, k, v, _ = qkv(1, 30, 2, 1, 8)
+    with pytest.raises(ValueError, match="slices=4 needs causal self-attention with t \\(30\\)"):
+        dense_attention(q, k, v, slices=4)
+    with pytest.raises(ValueError, match="slices=2"):
+        dense_attention(q, k, v, causal=False, slices=2)
