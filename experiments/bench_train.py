@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--vs-hf", action="store_true", help="also time Hugging Face transformers (torch CPU)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
-    p.add_argument("--steps", type=int, default=4, help="timed rounds (minimum) after one warm-up step")
+    p.add_argument("--steps", type=int, default=10,
+                   help="timed rounds after a warm-up step (shared machines need several for a steady best)")
     p.add_argument("--dtype", action="append", choices=("float32", "bfloat16"))
     a = p.parse_args(argv)
     presets = a.preset or list(FAMILIES.values())
