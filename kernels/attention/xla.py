@@ -81,15 +81,14 @@ def dense_attention(q, k, v, *, window=None, causal=True, softcap=None, scale=No
     n = _causal_slices(t, s, window, causal) if slices is None else slices
     if n > 1 and (not causal or t != s or t % n):
         raise ValueError(f"slices={n} needs causal self-attention with t ({t}) a multiple of it")
-    rows = t // n
     outs = []
-    for lo in range(0, t, rows):
-        hi = lo + rows if n > 1 else s  # the keys up to the slice's last query
-        out = attend_rows(_as_rows(q[:, lo : lo + rows], nkv), _heads_first(k[:, :hi]),
-                          _heads_first(v[:, :hi]), jnp.repeat(jnp.arange(lo, lo + rows), g),
-                          jnp.arange(hi), jnp.repeat(seg[:, lo : lo + rows], g, axis=-1), seg[:, :hi],
+    for lo, end in ((i * t // n, (i + 1) * t // n) for i in range(n)):
+        hi = end if n > 1 else s  # the keys up to the slice's last query
+        out = attend_rows(_as_rows(q[:, lo:end], nkv), _heads_first(k[:, :hi]), _heads_first(v[:, :hi]),
+                          jnp.repeat(jnp.arange(lo, end), g), jnp.arange(hi),
+                          jnp.repeat(seg[:, lo:end], g, axis=-1), seg[:, :hi],
                           window, causal, scale, softcap, nkv > 1)
-        outs.append(_from_rows(out, rows))
+        outs.append(_from_rows(out, end - lo))
     return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)
 
 
