@@ -4,7 +4,9 @@
 (forward, backward, update) at B=8, T=512 for the small Gemma 3 (LLLLLG), Gemma 2 (LG, soft-caps) and
 RecurrentGemma (RRL) presets: vocab 8192, width 256, 6 layers, 4 heads, 1 KV head, head_dim 64, MLP
 1024, window 128. Ours runs in f32 and in bf16 (bf16 products forward and backward, f32 accumulation,
-f32 parameters and optimizer state), each with the RunConfig default of micro-steps. With ``--vs-hf``
+f32 parameters and optimizer state), each with the RunConfig default of micro-steps, on one device and
+(``ours-dpN``, on a CPU with N > 1 cores) data parallel over one device per core: each core runs the
+micro-steps of its own rows and the gradients meet in one all-reduce. With ``--vs-hf``
 the same configs (``arch.hf_layouts.config_to_hf``) are built as ``*ForCausalLM`` in torch on CPU and
 timed in this process with torch AdamW, f32 and bf16 autocast, eager and sdpa attention; the table
 reports each family's ratio of our best to HF's best. MFU is model FLOPs
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import arch
+from experiments import sharding as shd
 from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.runconfig import RunConfig
 from experiments.train import init_params, make_train_step
@@ -43,16 +46,26 @@ def _batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, seq_len + 1)).astype(np.int32)
 
 
-def ours_stepper(run: RunConfig):
-    """A closure running one jitted train step of train.py (blocking), and the step's loss."""
+def ours_stepper(run: RunConfig, data_parallel: int = 1):
+    """A closure running one jitted train step of train.py (blocking), and the step's loss; over a
+    data-parallel mesh of ``data_parallel`` devices when that is more than one."""
     cfg = run.model_config()
     params, static = init_params(cfg, 0)
     opt = run.optimizer()
-    state = [params, opt.init(params), 0]
-    step_fn = make_train_step(static, opt, run)
+    opt_state = opt.init(params)
     toks = _batch(cfg.vocab_size, run.batch, run.seq_len)
-    batch = jax.device_put({"inputs": toks[:, :-1], "targets": toks[:, 1:],
-                           "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)})
+    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+             "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)}
+    if data_parallel > 1:
+        mesh = shd.make_mesh(data_parallel, 1)
+        params = jax.device_put(params, shd.state_shardings(mesh, params))
+        opt_state = jax.device_put(opt_state, shd.state_shardings(mesh, opt_state))
+        batch = shd.shard_batch(batch, shd.batch_sharding(mesh))
+        step_fn = make_train_step(static, opt, run, mesh=mesh, params=params, opt_state=opt_state)
+    else:
+        batch = jax.device_put(batch)
+        step_fn = make_train_step(static, opt, run)
+    state = [params, opt_state, 0]
 
     def one() -> float:
         params, opt_state, i = state
@@ -137,6 +150,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = p.parse_args(argv)
     presets = a.preset or list(FAMILIES.values())
     dtypes = a.dtype or ["float32", "bfloat16"]
+    # On a CPU, ours also runs data parallel with one device per core (see experiments.sharding).
+    dp = max((n for n in range(1, (os.cpu_count() or 1) + 1) if a.batch % n == 0), default=1)
+    if dp > 1:
+        shd.split_cpu(dp)
+        if jax.devices()[0].platform != "cpu":
+            dp = 1
     if a.vs_hf:
         import torch
 
@@ -166,7 +185,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         steppers, cfgs = {}, {}
         for dtype in dtypes:
             run = bench_run(preset, dtype, a.batch, a.seq)
-            steppers[("ours", dtype)], cfgs[("ours", dtype)] = ours_stepper(run), run.model_config()
+            for n in dict.fromkeys((1, dp)):
+                impl = "ours" if n == 1 else f"ours-dp{n}"
+                steppers[(impl, dtype)], cfgs[(impl, dtype)] = ours_stepper(run, n), run.model_config()
         if a.vs_hf:
             cfg = bench_run(preset, "float32", a.batch, a.seq).model_config()
             for dtype in dtypes:
@@ -189,10 +210,11 @@ def table(rows: list[dict]) -> str:
     lines = [f"{'preset':<22}{'ours best':>22}{'tok/s':>9}{'MFU':>7}{'HF best':>22}{'tok/s':>9}{'MFU':>7}"
              f"{'ours/HF':>9}{'(median)':>9}{'(CPU-time)':>11}"]
     for preset in dict.fromkeys(r["preset"] for r in rows):
-        mine = [r for r in rows if r["preset"] == preset and r["impl"] == "ours"]
-        hf = [r for r in rows if r["preset"] == preset and r["impl"] != "ours"]
+        mine = [r for r in rows if r["preset"] == preset and r["impl"].startswith("ours")]
+        hf = [r for r in rows if r["preset"] == preset and not r["impl"].startswith("ours")]
         best = max(mine, key=lambda r: r["tokens_per_s"])
-        line = (f"{preset:<22}{best['dtype']:>22}{best['tokens_per_s']:>9,.0f}{100 * best['mfu']:>6.1f}%")
+        line = (f"{preset:<22}{best['impl'] + ' ' + best['dtype']:>22}{best['tokens_per_s']:>9,.0f}"
+                f"{100 * best['mfu']:>6.1f}%")
         if hf:
             h = max(hf, key=lambda r: r["tokens_per_s"])
             line += (f"{h['impl'] + ' ' + h['dtype']:>22}{h['tokens_per_s']:>9,.0f}{100 * h['mfu']:>6.1f}%"

@@ -51,7 +51,8 @@ class RunConfig:
     # sequences per gradient micro-step (lax.scan over micro-steps, gradients summed); 0 = the whole
     # batch at once. On a 2-core CPU, micro-steps of 2 sequences (1,024 rows at T=512) are the fastest:
     # 15% faster than 4 and 20% faster than 8 (small_gemma3, B=8, T=512, bf16), as each step's
-    # activations stay in cache. Single-device runs only: a mesh run takes the whole (sharded) batch.
+    # activations stay in cache. A pure data-parallel mesh runs them on each device's own rows; an
+    # FSDP mesh takes the whole (sharded) batch at once.
     microbatch: int = 2
     seed: int = 0
     # objective

@@ -6,6 +6,8 @@
   reduce-scatters). A leaf that nothing divides is replicated.
 - Axis types are ``Auto``: ``Explicit`` (the jax 0.10 default of ``jax.make_mesh``) makes a
   ``pallas_call`` under ``jit`` fail on sharded inputs.
+- On a CPU, :func:`split_cpu` makes one device per core: a data-parallel mesh over them keeps every
+  core busy with its own rows (one device leaves a core idle whenever an op does not split).
 - Multi-host: ``maybe_initialize_distributed`` calls ``jax.distributed.initialize`` when
   ``JAX_COORDINATOR_ADDRESS`` is set; each process then feeds its own rows of the global batch.
 """
@@ -35,6 +37,21 @@ def maybe_initialize_distributed() -> bool:
         process_id=int(pid) if pid else None,
     )
     return True
+
+
+def split_cpu(n: int) -> None:
+    """Expose the host CPU as ``n`` XLA devices (``jax_num_cpu_devices``), so that a mesh can run data
+    parallel over its cores. Harmless where the accelerator is the default device; it must run before
+    JAX starts its backends (the first ``jax.devices()`` or array), else it raises naming the cause."""
+    if n < 1:
+        raise ValueError(f"split_cpu(n={n}): n must be >= 1")
+    if jax.config.jax_num_cpu_devices == n:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot split the CPU into {n} devices: JAX's backends are already started "
+                           "(call experiments.sharding.split_cpu before any jax.devices() or array)") from e
 
 
 def make_mesh(data: int = 1, fsdp: int = 1) -> Mesh:

@@ -102,7 +102,8 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
     """One jitted ``(params, opt_state, batch, step) -> (params, opt_state, metrics)``.
 
     Params and optimizer state are donated (updated in place). With a mesh, their shardings are pinned
-    on input and output (FSDP) and the batch is split over both mesh axes. A teacher's frozen
+    on input and output (FSDP) and the batch is split over both mesh axes; a pure data-parallel mesh
+    keeps the micro-steps, per device. A teacher's frozen
     parameters are a (replicated) argument of the jitted step, not constants baked into it.
     """
     loss_fn = get_loss(run.loss)
@@ -116,21 +117,47 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
 
     grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
-    def grads(params, batch, extra):
-        """Gradient of the token-mean loss, over the whole batch or summed over micro-steps."""
+    def sums(params, batch, extra):
+        """Summed loss, token count and gradient of a batch, in micro-steps of ``run.microbatch``
+        rows (or of the largest count that divides the batch, when it does not)."""
         b = batch["inputs"].shape[0]
-        if mesh is not None or not run.microbatch or run.microbatch >= b:
+        mb = math.gcd(b, run.microbatch) if run.microbatch else b
+        if mb == b:
+            (total, count), g = grad_fn(params, batch, extra)
+            return total, count, g
+        micro = jax.tree_util.tree_map(lambda x: x.reshape(b // mb, mb, *x.shape[1:]), batch)
+
+        def body(carry, rows):
+            (s, c), g = grad_fn(params, rows, extra)
+            return jax.tree_util.tree_map(jnp.add, carry, (s, c, g)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
+        return jax.lax.scan(body, zeros, micro)[0]
+
+    per_device = mesh is not None and mesh.shape["fsdp"] == 1 and mesh.shape["data"] > 1
+
+    def grads(params, batch, extra):
+        """Gradient of the token-mean loss over the batch.
+
+        One device: summed over micro-steps. A pure data-parallel mesh: each device runs the
+        micro-steps of its own rows and the sums meet in one all-reduce at the end (on a CPU split
+        into one device per core, each core works through its rows undisturbed by the other).
+        With FSDP the whole (sharded) batch is one step and XLA places the collectives.
+        """
+        if per_device:
+            arrays, static_extra = eqx.partition(extra, eqx.is_array)  # loss settings stay Python values
+
+            def local(params, batch, arrays):
+                return jax.lax.psum(sums(params, batch, eqx.combine(arrays, static_extra)), "data")
+
+            rep, rows = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")
+            # check_vma off: kernels.layout's guarded transposes mix per-device and constant branches
+            total, count, g = jax.shard_map(local, mesh=mesh, in_specs=(rep, rows, rep), out_specs=rep,
+                                            check_vma=False)(params, batch, arrays)
+        elif mesh is not None:
             (total, count), g = grad_fn(params, batch, extra)
         else:
-            micro = jax.tree_util.tree_map(lambda x: x.reshape(b // run.microbatch, run.microbatch,
-                                                               *x.shape[1:]), batch)
-
-            def body(carry, mb):
-                (s, c), g = grad_fn(params, mb, extra)
-                return jax.tree_util.tree_map(jnp.add, carry, (s, c, g)), None
-
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
-            (total, count), g = (lambda t: ((t[0], t[1]), t[2]))(jax.lax.scan(body, zeros, micro)[0])
+            total, count, g = sums(params, batch, extra)
         inv = 1.0 / jnp.maximum(count, 1.0)
         return total * inv, jax.tree_util.tree_map(lambda x: x * inv, g)
 
@@ -380,7 +407,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
 
 def main(argv: list[str] | None = None) -> dict:
     run, out, (data_parallel, fsdp), progress = parse_args(argv)
-    shd.maybe_initialize_distributed()
+    if not shd.maybe_initialize_distributed() and data_parallel * fsdp > 1:
+        shd.split_cpu(data_parallel * fsdp)  # one host: a CPU becomes one device per core
     mesh = shd.make_mesh(data_parallel, fsdp) if data_parallel * fsdp > 1 else None
     summary = train(run, out, progress=progress, mesh=mesh)
     keys = ("final_val_loss", "final_val_ppl", "unigram_entropy", "tokens_per_s", "mfu", "train_seconds")

@@ -29,3 +29,11 @@ def test_table_ratios_use_each_side_best_then_medians_and_cpu_time():
     fields = line.split()
     # fastest against fastest; then the median steps of those two rows; then CPU time, best of each side
     assert fields[-3:] == ["1.50x", "1.40x", f"{9500 / 6400:.2f}x"]
+
+
+def test_table_takes_our_best_over_devices_and_names_it():
+    rows = [row("ours", "bfloat16", 8000, 510, 8500), row("ours-dp2", "bfloat16", 9000, 450, 9200),
+            row("hf-eager", "bfloat16", 6000, 675, 6100)]
+    line = table(rows).splitlines()[1]
+    assert "ours-dp2 bfloat16" in line and "9,000" in line
+    assert line.split()[-3:] == ["1.50x", "1.50x", f"{9200 / 6100:.2f}x"]

@@ -15,7 +15,7 @@ from experiments.sharding import param_spec
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
-    import json
+    import dataclasses, json
     import jax, jax.numpy as jnp, numpy as np
     from experiments import sharding as shd
     from experiments.runconfig import RunConfig
@@ -52,10 +52,17 @@ SCRIPT = textwrap.dedent("""
 
     ref_loss, ref_params, _ = go(None)
     out = {"ref_loss": ref_loss}
-    for data, fsdp in ((2, 4), (8, 1), (1, 8)):
+    # 2x1: four rows per device, run as two micro-steps of run.microbatch=2 on each device
+    for data, fsdp in ((2, 4), (8, 1), (1, 8), (2, 1)):
         loss, params, specs = go(shd.make_mesh(data, fsdp))
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref_params))
         out[f"{data}x{fsdp}"] = {"loss": loss, "max_param_diff": diff, "specs": specs}
+    run = dataclasses.replace(run, matmul_dtype="bfloat16")  # bf16 products: the row-major copies
+    cfg = run.model_config()
+    ref_loss, ref_params, _ = go(None)
+    loss, params, _ = go(shd.make_mesh(2, 1))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, ref_params))
+    out["bf16"] = {"ref_loss": ref_loss, "loss": loss, "max_param_diff": diff}
     print("RESULT" + json.dumps(out))
 """)
 
@@ -71,11 +78,19 @@ def sharded_results():
     return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("mesh", ["2x4", "8x1", "1x8"])
+@pytest.mark.parametrize("mesh", ["2x4", "8x1", "1x8", "2x1"])
 def test_sharded_step_matches_single_device(sharded_results, mesh):
     ref, got = sharded_results["ref_loss"], sharded_results[mesh]
     assert len(ref) == 3 and ref[2] < ref[0]  # the steps did train
     assert got["loss"] == pytest.approx(ref, rel=1e-5, abs=1e-5)
+    assert got["max_param_diff"] < 1e-5
+
+
+def test_data_parallel_bf16_step_matches_single_device(sharded_results):
+    got = sharded_results["bf16"]
+    assert got["ref_loss"][2] < got["ref_loss"][0]
+    # the same micro-steps on the same rows; only the order of the f32 gradient sums differs
+    assert got["loss"] == pytest.approx(got["ref_loss"], rel=1e-5, abs=1e-5)
     assert got["max_param_diff"] < 1e-5
 
 
@@ -91,3 +106,15 @@ def test_param_spec_rule():
     assert param_spec((3, 5), 4) == PartitionSpec()  # nothing divides: replicated
     assert param_spec((), 4) == PartitionSpec()
     assert param_spec((64,), 1) == PartitionSpec()
+
+
+def test_split_cpu_refuses_bad_counts_and_a_started_backend():
+    import jax
+
+    from experiments.sharding import split_cpu
+
+    with pytest.raises(ValueError, match="n=0"):
+        split_cpu(0)
+    jax.devices()  # starts the backends
+    with pytest.raises(RuntimeError, match="already started"):
+        split_cpu(len(jax.devices()) + 1)
