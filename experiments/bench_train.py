@@ -4,12 +4,14 @@
 (forward, backward, update) at B=8, T=512 for the small Gemma 3 (LLLLLG), Gemma 2 (LG, soft-caps) and
 RecurrentGemma (RRL) presets: vocab 8192, width 256, 6 layers, 4 heads, 1 KV head, head_dim 64, MLP
 1024, window 128. Ours runs in f32 and in bf16 (bf16 products forward and backward, f32 accumulation,
-f32 parameters and optimizer state), each with the RunConfig default of micro-steps, on one device and
-(``ours-dpN``, on a CPU with N > 1 cores) data parallel over one device per core: each core runs the
-micro-steps of its own rows and the gradients meet in one all-reduce. With ``--vs-hf``
-the same configs (``arch.hf_layouts.config_to_hf``) are built as ``*ForCausalLM`` in torch on CPU and
-timed in this process with torch AdamW, f32 and bf16 autocast, eager and sdpa attention; the table
-reports each family's ratio of our best to HF's best. MFU is model FLOPs
+f32 parameters and optimizer state), each with the RunConfig default of micro-steps and as
+:func:`experiments.train.train` runs it, several steps per jitted call (``--steps-per-call``; times are
+per step), on one device and (``ours-dpN``, on a CPU with N > 1 cores) data parallel over one device
+per core: each core runs the micro-steps of its own rows and the gradients meet in one all-reduce.
+With ``--vs-hf`` the same configs (``arch.hf_layouts.config_to_hf``) are built as ``*ForCausalLM`` in
+torch on CPU and timed in this process with torch AdamW (one step per call, as torch runs eagerly), f32
+and bf16 autocast, eager and sdpa attention; the table reports each family's ratio of our best to HF's
+best. MFU is model FLOPs
 (:func:`experiments.flops.flops_per_token`) over the matmul peak measured here for the dtype.
 """
 
@@ -28,7 +30,7 @@ import arch
 from experiments import sharding as shd
 from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.runconfig import RunConfig
-from experiments.train import init_params, make_train_step
+from experiments.train import STEPS_PER_CALL, init_params, make_train_step
 
 FAMILIES = {"gemma3": "small_gemma3", "gemma2": "small_gemma2", "recurrentgemma": "small_recurrentgemma"}
 SHAPE = dict(vocab_size=8192, width=256, num_layers=6, num_heads=4, num_kv_heads=1, head_dim=64,
@@ -46,33 +48,42 @@ def _batch(vocab: int, batch: int, seq_len: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, seq_len + 1)).astype(np.int32)
 
 
-def ours_stepper(run: RunConfig, data_parallel: int = 1):
-    """A closure running one jitted train step of train.py (blocking), and the step's loss; over a
-    data-parallel mesh of ``data_parallel`` devices when that is more than one."""
+def ours_stepper(run: RunConfig, data_parallel: int = 1, steps_per_call: int = STEPS_PER_CALL):
+    """A closure running one jitted call of train.py's step (blocking) and returning the last loss: over
+    a data-parallel mesh of ``data_parallel`` devices when that is more than one, and
+    ``steps_per_call`` train steps per call as :func:`experiments.train.train` runs them (its
+    ``steps`` attribute says how many, so the timing is per step)."""
     cfg = run.model_config()
     params, static = init_params(cfg, 0)
     opt = run.optimizer()
     opt_state = opt.init(params)
-    toks = _batch(cfg.vocab_size, run.batch, run.seq_len)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)}
-    if data_parallel > 1:
-        mesh = shd.make_mesh(data_parallel, 1)
+    k = steps_per_call
+
+    def rows(seed):
+        toks = _batch(cfg.vocab_size, run.batch, run.seq_len, seed)
+        return {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+                "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)}
+
+    per_step = [rows(j) for j in range(k)]  # a different batch for each step of a call
+    batch = per_step[0] if k == 1 else {n: np.stack([b[n] for b in per_step]) for n in per_step[0]}
+    mesh = shd.make_mesh(data_parallel, 1) if data_parallel > 1 else None
+    if mesh is not None:
         params = jax.device_put(params, shd.state_shardings(mesh, params))
         opt_state = jax.device_put(opt_state, shd.state_shardings(mesh, opt_state))
-        batch = shd.shard_batch(batch, shd.batch_sharding(mesh))
-        step_fn = make_train_step(static, opt, run, mesh=mesh, params=params, opt_state=opt_state)
+        batch = shd.shard_batch(batch, shd.batch_sharding(mesh, leading=k > 1))
     else:
         batch = jax.device_put(batch)
-        step_fn = make_train_step(static, opt, run)
+    step_fn = make_train_step(static, opt, run, mesh=mesh, params=params, opt_state=opt_state,
+                              steps_per_call=k)
     state = [params, opt_state, 0]
 
     def one() -> float:
         params, opt_state, i = state
         params, opt_state, m = step_fn(params, opt_state, batch, jnp.asarray(i, jnp.int32))
-        state[:] = [params, opt_state, i + 1]
-        return float(m["loss"])  # blocks until the step is done
+        state[:] = [params, opt_state, i + k]
+        return float(np.asarray(m["loss"]).reshape(-1)[-1])  # blocks until the call is done
 
+    one.steps = k
     return one
 
 
@@ -130,10 +141,11 @@ def time_interleaved(steppers: dict, rounds: int) -> dict:
         out[name] = {"compile_s": time.perf_counter() - start, "wall": [], "cpu": []}
     for _ in range(rounds):
         for name, one in steppers.items():
+            n = getattr(one, "steps", 1)  # train steps per call: times are per step
             start, c0 = time.perf_counter(), time.process_time()
             out[name]["loss"] = one()
-            out[name]["wall"].append(time.perf_counter() - start)
-            out[name]["cpu"].append(time.process_time() - c0)
+            out[name]["wall"].append((time.perf_counter() - start) / n)
+            out[name]["cpu"].append((time.process_time() - c0) / n)
     return {k: {"step_s": min(v["wall"]), "median_s": statistics.median(v["wall"]), "cpu_s": min(v["cpu"]),
                 "loss": v["loss"], "compile_s": v["compile_s"]} for k, v in out.items()}
 
@@ -147,6 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=10,
                    help="timed rounds after a warm-up step (shared machines need several for a steady best)")
     p.add_argument("--dtype", action="append", choices=("float32", "bfloat16"))
+    p.add_argument("--steps-per-call", type=int, default=STEPS_PER_CALL, dest="steps_per_call",
+                   help="our train steps per jitted call, as experiments.train runs them (HF: one)")
     a = p.parse_args(argv)
     presets = a.preset or list(FAMILIES.values())
     dtypes = a.dtype or ["float32", "bfloat16"]
@@ -187,7 +201,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             run = bench_run(preset, dtype, a.batch, a.seq)
             for n in dict.fromkeys((1, dp)):
                 impl = "ours" if n == 1 else f"ours-dp{n}"
-                steppers[(impl, dtype)], cfgs[(impl, dtype)] = ours_stepper(run, n), run.model_config()
+                steppers[(impl, dtype)] = ours_stepper(run, n, a.steps_per_call)
+                cfgs[(impl, dtype)] = run.model_config()
         if a.vs_hf:
             cfg = bench_run(preset, "float32", a.batch, a.seq).model_config()
             for dtype in dtypes:

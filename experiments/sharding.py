@@ -83,9 +83,10 @@ def state_shardings(mesh: Mesh, tree: Any) -> Any:
     return jax.tree_util.tree_map(one, tree)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over both mesh axes."""
-    return NamedSharding(mesh, PartitionSpec(AXES))
+def batch_sharding(mesh: Mesh, leading: bool = False) -> NamedSharding:
+    """The batch axis over both mesh axes: the first axis, or the second after a ``leading`` one
+    (several steps' batches stacked for one call)."""
+    return NamedSharding(mesh, PartitionSpec(None, AXES) if leading else PartitionSpec(AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -95,16 +96,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
     """Place a host batch (global, identical on every process) as global sharded arrays.
 
-    Each process hands over only its own contiguous rows, which is what
+    The batch axis is the one the sharding splits (the first, or the second after a step axis). Each
+    process hands over only its own contiguous rows, which is what
     ``make_array_from_process_local_data`` expects.
     """
     nproc, pid = jax.process_count(), jax.process_index()
+    axis = next(i for i, names in enumerate(sharding.spec) if names is not None)
 
     def one(x):
         x = np.asarray(x)
-        if x.shape[0] % sharding.mesh.size:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split over {sharding.mesh.size} devices")
-        rows = x.shape[0] // nproc
-        return jax.make_array_from_process_local_data(sharding, x[pid * rows : (pid + 1) * rows], x.shape)
+        if x.shape[axis] % sharding.mesh.size:
+            raise ValueError(f"batch of {x.shape[axis]} rows does not split over {sharding.mesh.size} "
+                             "devices")
+        rows = x.shape[axis] // nproc
+        local = np.take(x, np.arange(pid * rows, (pid + 1) * rows), axis=axis)
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree_util.tree_map(one, batch)

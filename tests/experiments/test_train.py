@@ -130,10 +130,11 @@ def test_cli_builds_the_run_and_resume_reads_config(env):
     assert parse_value("64") == 64 and parse_value("None") is None and parse_value("LG") == "LG"
     argv = ["--preset", "tiny_gemma3", "--override", "num_layers=2", "--override", "pattern=LG",
             "--steps", "7", "--seq", "32", "--lr", "1e-3", "--fsdp", "2"]
-    run, out, mesh, progress = parse_args(argv)
+    run, out, mesh, progress, per_call = parse_args(argv)
     assert run == RunConfig(preset="tiny_gemma3", overrides=(("pattern", "LG"), ("num_layers", 2)),
                             steps=7, seq_len=32, lr=1e-3)
     assert out.name == run.short_hash() and out.parent.name == "train" and mesh == (1, 2) and progress
+    assert per_call == 10 and parse_args(argv + ["--steps-per-call", "1"])[4] == 1
     summary = main(["--resume", "--out", str(env["straight"]), "--no-progress"])
     assert summary == env["summary"]
 
@@ -187,3 +188,43 @@ def test_microbatching_matches_whole_batch():
         assert diff < 1e-6
     with pytest.raises(ValueError, match="microbatch=3"):
         base.replace(microbatch=3)
+
+
+def test_call_length_divides_every_flush_interval(env):
+    from experiments.train import call_length
+
+    run = env["run"].replace(log_every=10, eval_every=100, ckpt_every=50)
+    assert call_length(10, run) == 10 and call_length(4, run) == 2 and call_length(1, run) == 1
+    assert call_length(10, run.replace(log_every=3)) == 1
+
+
+def test_several_steps_per_call_train_the_same_weights(env):
+    """Steps run in calls of two (a scan over steps) give the one-step-per-call run bit for bit, also
+    when a stop mid-call (step 3) makes the resumed run start off the call grid."""
+    run = env["run"].replace(steps=8, log_every=2, eval_every=4, ckpt_every=4)
+    one = train(run, env["root"] / "k1", progress=False, steps_per_call=1)
+    two = train(run, env["root"] / "k2", progress=False, steps_per_call=2)
+    d = env["root"] / "k2_resumed"
+    assert train(run, d, progress=False, steps_per_call=2, stop_at=3)["stopped_at"] == 3
+    resumed = train(run, d, progress=False, steps_per_call=2)
+    ref, _ = checkpoint.read(env["root"] / "k1" / checkpoint.CKPT_NAME)
+    for other in ("k2", "k2_resumed"):
+        got, _ = checkpoint.read(env["root"] / other / checkpoint.CKPT_NAME)
+        for x, y in zip(ref, got):
+            np.testing.assert_array_equal(x, y)
+    m1, m2 = _metrics(env["root"] / "k1"), _metrics(env["root"] / "k2")
+    assert [r["step"] for r in m2] == [2, 4, 6, 8] and [r["loss"] for r in m2] == [r["loss"] for r in m1]
+    assert one["final_val_loss"] == two["final_val_loss"] == resumed["final_val_loss"]
+    assert two["tokens_per_s"] > 0
+
+
+def test_nan_inside_a_call_names_its_own_step(env):
+    run = env["run"].replace(lr=1e30, warmup=0, steps=8, log_every=4, eval_every=4, ckpt_every=4)
+    named = []
+    for k in (4, 1):  # one call of four steps, then four calls of one: the same first bad step
+        d = env["root"] / f"nan_k{k}"
+        with pytest.raises(NonFiniteLossError) as err:
+            train(run, d, progress=False, steps_per_call=k)
+        named.append(int(re.search(r"loss is \S+ at step (\d+) ", str(err.value)).group(1)))
+        assert not (d / checkpoint.CKPT_NAME).exists() and not (d / "summary.json").exists()
+    assert named[0] == named[1] and 2 <= named[0] <= 4, named
