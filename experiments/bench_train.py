@@ -11,8 +11,8 @@ per core: each core runs the micro-steps of its own rows and the gradients meet 
 With ``--vs-hf`` the same configs (``arch.hf_layouts.config_to_hf``) are built as ``*ForCausalLM`` in
 torch on CPU and timed in this process with torch AdamW (one step per call, as torch runs eagerly), f32
 and bf16 autocast, eager and sdpa attention; the table reports each family's ratio of our best to HF's
-best. MFU is model FLOPs
-(:func:`experiments.flops.flops_per_token`) over the matmul peak measured here for the dtype.
+best. MFU is model FLOPs (:func:`experiments.flops.flops_per_token`) over the matmul peak measured here
+for the dtype (on the whole CPU, however many devices it is split into).
 """
 
 from __future__ import annotations

@@ -104,9 +104,13 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
 
     Params and optimizer state are donated (updated in place). With a mesh, their shardings are pinned
     on input and output (FSDP) and the batch is split over both mesh axes; a pure data-parallel mesh
-    keeps the micro-steps, per device. A teacher's frozen
-    parameters are a (replicated) argument of the jitted step, not constants baked into it.
+    keeps the micro-steps, per device. A teacher's frozen parameters are a (replicated) argument of the
+    jitted step, not constants baked into it. With ``steps_per_call`` > 1 one call runs that many steps
+    (``lax.scan``): ``batch`` leaves carry a leading step axis, ``step`` is the first step's index and
+    the metrics come back stacked.
     """
+    if not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"steps_per_call={steps_per_call!r}: must be an int >= 1")
     loss_fn = get_loss(run.loss)
     kw = dict(run.loss_kwargs)
     wants_key = "key" in inspect.signature(loss_fn).parameters
@@ -176,8 +180,6 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(g), "lr": schedule(step)}
 
     def steps(params, opt_state, batches, first, teacher_params=None):
-        """``steps_per_call`` steps in one call: batches carry a leading step axis, metrics come back
-        stacked along it."""
         def body(carry, xs):
             batch, i = xs
             params, opt_state, m = step(*carry, batch, first + i, teacher_params)
@@ -271,6 +273,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     computation (bit for bit on CPU); steps left before a flush point that do not fill a call run one
     by one.
     """
+    if not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"train(steps_per_call={steps_per_call!r}): must be an int >= 1")
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -196,6 +196,8 @@ def test_call_length_divides_every_flush_interval(env):
     run = env["run"].replace(log_every=10, eval_every=100, ckpt_every=50)
     assert call_length(10, run) == 10 and call_length(4, run) == 2 and call_length(1, run) == 1
     assert call_length(10, run.replace(log_every=3)) == 1
+    with pytest.raises(ValueError, match="steps_per_call=0"):
+        train(run, env["root"] / "k0", progress=False, steps_per_call=0)
 
 
 def test_several_steps_per_call_train_the_same_weights(env):
