@@ -362,7 +362,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
                         raise NonFiniteLossError(
                             f"loss is {float(loss)} at step {first + i + 1} of run {run_dir}; training "
                             f"stopped; last good checkpoint: {where}")
-            tok_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+            # NaN until a call after the first (which compiles) has been timed: not measured, not zero
+            tok_s = timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else float("nan")
             losses = np.concatenate([mm["loss"] for mm in fetched])
             rec = {"step": done, "loss": float(np.mean(losses)),
                    "grad_norm": float(fetched[-1]["grad_norm"][-1]), "lr": float(fetched[-1]["lr"][-1]),
@@ -387,7 +388,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     if val_loss is None:  # resumed from a checkpoint taken at the last step
         val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
 
-    tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+    tokens_per_s = timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else float("nan")
     fpt = flops_per_token(cfg, run.seq_len)
     peak = measure_matmul_peak(cfg.matmul_dtype)
     # the peak is one device's; a CPU split into devices (sharding.split_cpu) measured all its cores
