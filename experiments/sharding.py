@@ -109,7 +109,7 @@ def shard_batch(batch: Any, sharding: NamedSharding) -> Any:
             raise ValueError(f"batch of {x.shape[axis]} rows does not split over {sharding.mesh.size} "
                              "devices")
         rows = x.shape[axis] // nproc
-        local = np.take(x, np.arange(pid * rows, (pid + 1) * rows), axis=axis)
+        local = x[(slice(None),) * axis + (slice(pid * rows, (pid + 1) * rows),)]
         return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree_util.tree_map(one, batch)
