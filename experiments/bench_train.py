@@ -30,7 +30,8 @@ import arch
 from experiments import sharding as shd
 from experiments.flops import flops_per_token, measure_matmul_peak
 from experiments.runconfig import RunConfig
-from experiments.train import STEPS_PER_CALL, init_params, make_train_step
+from experiments.step import init_params, make_train_step, stack_steps
+from experiments.train import STEPS_PER_CALL
 
 FAMILIES = {"gemma3": "small_gemma3", "gemma2": "small_gemma2", "recurrentgemma": "small_recurrentgemma"}
 SHAPE = dict(vocab_size=8192, width=256, num_layers=6, num_heads=4, num_kv_heads=1, head_dim=64,
@@ -65,7 +66,7 @@ def ours_stepper(run: RunConfig, data_parallel: int = 1, steps_per_call: int = S
                 "segment_ids": np.zeros(toks[:, 1:].shape, np.int32)}
 
     per_step = [rows(j) for j in range(k)]  # a different batch for each step of a call
-    batch = per_step[0] if k == 1 else {n: np.stack([b[n] for b in per_step]) for n in per_step[0]}
+    batch = per_step[0] if k == 1 else stack_steps(per_step)
     mesh = shd.make_mesh(data_parallel, 1) if data_parallel > 1 else None
     if mesh is not None:
         params = jax.device_put(params, shd.state_shardings(mesh, params))

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from experiments import sharding as shd
     from experiments.runconfig import RunConfig
-    from experiments.train import init_params, make_train_step
+    from experiments.step import init_params, make_train_step
 
     assert len(jax.devices()) == 8, jax.devices()
     run = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")),

@@ -166,7 +166,7 @@ def test_microbatching_matches_whole_batch():
     import jax
     import jax.numpy as jnp
 
-    from experiments.train import init_params, make_train_step
+    from experiments.step import init_params, make_train_step
 
     base = RunConfig(preset="tiny_gemma3", overrides=(("num_layers", 2), ("pattern", "LG")), vocab_size=256,
                      matmul_dtype="float32", batch=4, seq_len=16, lr=1e-4, warmup=0)
