@@ -1,20 +1,26 @@
 # Two entry points: `make run` (the main job on the built-in corpus) and `make test`.
-# Each creates .venv on first use; only Python 3.11+ is needed.
+# Each creates .venv on first use; only Python 3.11+ is needed. Every package, direct or transitive,
+# is installed at the exact version of requirements.lock; `make lock` refreshes it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SCALE ?= default
+LOCK := requirements.lock
+EXTRAS ?= dev,hf
+# pip, setuptools and the project build without isolation, so the build uses the locked setuptools.
+INSTALL = $(BIN)/python -m pip install -q --no-build-isolation -c $(LOCK)
 
-.PHONY: run test lint presets clean-venv
+.PHONY: run test lint presets notebook lock clean-venv
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,hf]"
-	touch $@
+	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools
+	$(INSTALL) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip check
+	echo "$(EXTRAS)" > $@
 
 run: $(BIN)/.installed
-	$(BIN)/python -m experiments.sweep tradeoff --scale $(SCALE)
+	$(BIN)/python -m experiments.sweep tradeoff --scale $(SCALE) $(if $(filter default,$(SCALE)),--update-figures)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
@@ -25,6 +31,24 @@ presets: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
+
+# Jupyter (the `notebook` extra, locked like the rest), then JupyterLab on notebooks/.
+notebook: $(BIN)/.installed
+	$(INSTALL) -e ".[$(EXTRAS),notebook]"
+	$(BIN)/jupyter lab notebooks/
+
+# Resolve the ranges of pyproject.toml afresh (every extra) in a throwaway venv and pin what it got.
+# Local build labels (torch's +cpu) are dropped: `torch==2.13.0` still takes a +cpu file where one lies.
+lock:
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip setuptools
+	.lock-venv/bin/python -m pip install -q -e ".[dev,hf,notebook]"
+	{ echo "# Exact versions of every package that 'make' installs (a pip constraints file)."; \
+	  echo "# Made by 'make lock' with $$(.lock-venv/bin/python --version) on $$(date -u +%F); do not edit."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
+	} > $(LOCK)
+	rm -rf .lock-venv
 
 clean-venv:
 	rm -rf $(VENV)

