@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-import kernels
+import gemma_kernels
 from arch.config import ModelConfig
 from arch.linear import Linear
 from arch.masks import kernel_window
@@ -19,7 +19,7 @@ from arch.mixer import AbstractMixer
 from arch.norms import RMSNorm
 from arch.rope import apply_rope
 from arch.typing import Hidden, Positions
-from kernels.attention.ref import masked_softmax_weights, softcap_logits
+from gemma_kernels.attention.ref import masked_softmax_weights, softcap_logits
 
 
 class KVCache(eqx.Module):
@@ -36,7 +36,7 @@ def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Ar
                  softcap: float | None, scale: float) -> Float[Array, "t h e"]:
     """Causal grouped-query attention of a chunk over cache slots, read in the cache's own dtype.
 
-    The same maths and mask as :func:`kernels.attention_reference` (identical for an f32 cache), but
+    The same maths and mask as :func:`gemma_kernels.attention_reference` (identical for an f32 cache), but
     both products take the cache dtype as inputs (``q`` and the softmax weights are cast to it; they
     are a few values per head) and accumulate in f32. A bf16 cache is streamed as stored: no f32
     copy and no transposed copy of it per decoded token, which at 32K context would cost more than
@@ -44,7 +44,7 @@ def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Ar
     """
     t, h, e = q.shape
     s, nkv, _ = k.shape
-    mask = kernels.visible(q_pos, k_pos, window=window, causal=True)
+    mask = gemma_kernels.visible(q_pos, k_pos, window=window, causal=True)
     qg = q.reshape(t, nkv, h // nkv, e).astype(k.dtype)
     logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
     p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
@@ -110,7 +110,7 @@ class Attention(AbstractMixer):
         q, k, v = self._qkv(x, positions)
         if self.matmul_bf16:  # the attention products in bf16 too (f32 accumulation and softmax)
             q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
-        out = kernels.attention(
+        out = gemma_kernels.attention(
             q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
             softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
         )

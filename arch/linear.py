@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from kernels.layout import dot, dot_tn, physical_swap
+from gemma_kernels.layout import dot, dot_tn, physical_swap
 
 MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MIN_ROWS = 16  # fewer rows than this (decoding) take XLA's matrix-vector path
@@ -18,7 +18,7 @@ MIN_ROWS = 16  # fewer rows than this (decoding) take XLA's matrix-vector path
 @jax.custom_vjp
 def _matmul_bf16(x: Float[Array, "n i"], w: Float[Array, "o i"]) -> Float[Array, "n o"]:
     """``x @ w.T`` in bf16 with f32 accumulation; its backward pass is bf16 too, each product
-    row-major ``[m, k] @ [k, n]`` (see :mod:`kernels.layout`)."""
+    row-major ``[m, k] @ [k, n]`` (see :mod:`gemma_kernels.layout`)."""
     return dot(x.astype(jnp.bfloat16), physical_swap(w.astype(jnp.bfloat16)))
 
 

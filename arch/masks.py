@@ -1,4 +1,4 @@
-"""The attention visibility convention, re-exported from :mod:`kernels.masks` where it is defined
+"""The attention visibility convention, re-exported from :mod:`gemma_kernels.masks` where it is defined
 once for kernels, references, caches and tests alike.
 
 - causal local layer: query i sees key j iff ``0 <= i - j < window``;
@@ -8,7 +8,7 @@ once for kernels, references, caches and tests alike.
 - bidirectional global layer: always.
 """
 
-from kernels.masks import bidirectional_radius, visible
+from gemma_kernels.masks import bidirectional_radius, visible
 
 
 def kernel_window(window: int | None, causal: bool) -> int | None:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-import kernels
+import gemma_kernels
 from arch.config import ModelConfig
 from arch.linear import Linear, activation
 from arch.mixer import AbstractMixer
@@ -84,7 +84,7 @@ class RGLRU(eqx.Module):
         multiplier = sqrt_bound_derivative(1.0 - jnp.exp(2.0 * log_a))
         multiplier = jnp.where(reset[:, None], 1.0, multiplier)
         a = jnp.where(reset[:, None], 0.0, a)  # a reset forgets h_{t-1}
-        y, h_last = kernels.linear_scan(a, gated * multiplier, h0, impl=self.scan_impl)
+        y, h_last = gemma_kernels.linear_scan(a, gated * multiplier, h0, impl=self.scan_impl)
         return y.astype(x.dtype), h_last
 
 

@@ -123,7 +123,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, run: RunCon
                 return jax.lax.psum(sums(params, batch, eqx.combine(arrays, static_extra)), "data")
 
             rep, rows = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")
-            # check_vma off: kernels.layout's guarded transposes mix per-device and constant branches
+            # check_vma off: gemma_kernels.layout's guarded transposes mix per-device and constant branches
             total, count, g = jax.shard_map(local, mesh=mesh, in_specs=(rep, rows, rep), out_specs=rep,
                                             check_vma=False)(params, batch, arrays)
         elif mesh is not None:

@@ -1,18 +1,53 @@
 """How the hot ops run: attention and the linear recurrence, each with a plain-JAX reference.
 
 Imports nothing from the rest of the repository.
+
+The import name is ``gemma_kernels``, not the folder's name. The name ``kernels`` belongs to the Hugging
+Face ``kernels`` distribution, which transformers 5.25+ imports (``from kernels import Mode, ...``), and
+one process can bind a name to one module only. So:
+
+- ``pyproject.toml`` installs this folder as ``gemma_kernels`` (``package-dir``), and the repository
+  imports it only by that name: from any working directory, ``import arch`` never depends on which
+  ``kernels`` comes first on ``sys.path``;
+- where the project root itself is on ``sys.path`` (``python -m ...`` from the root puts it first),
+  Python finds this folder when anything asks for ``kernels``. This file then hands that name to the
+  installed distribution (transformers and sentence-transformers import as they would anywhere else),
+  or, with no distribution installed, raises an ImportError that names ``gemma_kernels``.
+
+``tests/test_import_names.py`` checks both directions in fresh processes.
 """
 
-from kernels.attention import attention, attention_reference
-from kernels.masks import bidirectional_radius, visible
-from kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
+if __name__ != "gemma_kernels":
+    # Found by the name `kernels` (or another alias of this folder): stand aside.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
 
-__all__ = [
-    "attention",
-    "attention_reference",
-    "bidirectional_radius",
-    "linear_scan",
-    "linear_scan_assoc",
-    "linear_scan_reference",
-    "visible",
-]
+    _root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
+    _path = [p for p in sys.path if os.path.realpath(p or os.curdir) != _root]
+    _spec = importlib.machinery.PathFinder.find_spec(__name__, _path)
+    if _spec is None:
+        raise ImportError(
+            f"{__name__!r} is the Hugging Face distribution's name, and it is not installed; this "
+            f"folder ({os.path.dirname(__file__)}) is the package 'gemma_kernels': import that instead "
+            f"(after `pip install -e .` or `make`)",
+            name=__name__,
+        )
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules[__name__] = _module  # the import statement returns what sys.modules holds after this
+    _spec.loader.exec_module(_module)
+else:
+    from gemma_kernels.attention import attention, attention_reference
+    from gemma_kernels.masks import bidirectional_radius, visible
+    from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
+
+    __all__ = [
+        "attention",
+        "attention_reference",
+        "bidirectional_radius",
+        "linear_scan",
+        "linear_scan_assoc",
+        "linear_scan_reference",
+        "visible",
+    ]

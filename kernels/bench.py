@@ -1,6 +1,6 @@
 """Times every attention and scan implementation against baselines measured in the same run.
 
-    python -m kernels.bench [--device cpu|gpu|tpu] [--quick] [--out FILE.json]
+    python -m gemma_kernels.bench [--device cpu|gpu|tpu] [--quick] [--out FILE.json]
 
 For each shape, every implementation is timed forward and forward+backward (one ``jax.vjp`` call:
 forward, then the pullback of a random cotangent), jitted, after a warm-up. Attention reports
@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.attention import attention_reference
-from kernels.attention.pallas import attention_pallas
-from kernels.attention.xla import attention_xla
-from kernels.scan import linear_scan_assoc, linear_scan_reference
-from kernels.scan.pallas import linear_scan_pallas
+from gemma_kernels.attention import attention_reference
+from gemma_kernels.attention.pallas import attention_pallas
+from gemma_kernels.attention.xla import attention_xla
+from gemma_kernels.scan import linear_scan_assoc, linear_scan_reference
+from gemma_kernels.scan.pallas import linear_scan_pallas
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """How the plain-JAX attention scales with sequence length: local layers must grow linearly.
 
-    python -m kernels.bench_scaling [--window 128] [--lengths 1024 8192] [--heads 4 --kv-heads 1]
+    python -m gemma_kernels.bench_scaling [--window 128] [--lengths 1024 8192] [--heads 4 --kv-heads 1]
 
-Times the jitted forward of ``kernels.attention(impl="xla")`` for a local (sliding-window) layer and
+Times the jitted forward of ``gemma_kernels.attention(impl="xla")`` for a local (sliding-window) layer and
 a global causal layer at each length and prints each time relative to the shortest length, measured
 in the same run. Linear growth gives a ratio near t_max / t_min (8x for 1024 -> 8192); quadratic
 growth gives its square (64x).
@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from kernels import attention
+from gemma_kernels import attention
 
 
 def time_forward(t: int, window: int | None, heads: int, kv_heads: int, head_dim: int, repeats: int) -> float:

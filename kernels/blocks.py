@@ -7,7 +7,7 @@ as the Triton lowering requires.
 
 import dataclasses
 
-from kernels._platform import backend
+from gemma_kernels._platform import backend
 
 
 def _check_pow2(obj) -> None:

@@ -1,16 +1,16 @@
-"""``kernels.attention``: one entry point, implementations chosen by ``impl``.
+"""``gemma_kernels.attention``: one entry point, implementations chosen by ``impl``.
 
 - ``"xla"``: plain JAX; dense for global layers, blocked O(t * window) for local ones.
 - ``"pallas"``: flash attention kernels (GPU via Triton, TPU via Mosaic, CPU in interpret mode).
-- ``"auto"``: ``pallas`` on GPU/TPU, ``xla`` on CPU (resolved in ``kernels._platform``).
+- ``"auto"``: ``pallas`` on GPU/TPU, ``xla`` on CPU (resolved in ``gemma_kernels._platform``).
 """
 
 import jax
 from jaxtyping import Array, Float, Int
 
-from kernels._platform import ATTENTION_IMPLS, resolve_impl, resolve_interpret
-from kernels.attention.ref import attention_reference
-from kernels.attention.xla import attention_xla
+from gemma_kernels._platform import ATTENTION_IMPLS, resolve_impl, resolve_interpret
+from gemma_kernels.attention.ref import attention_reference
+from gemma_kernels.attention.xla import attention_xla
 
 
 def attention(
@@ -26,7 +26,7 @@ def attention(
     impl: str = "auto",
     interpret: bool | None = None,
 ) -> Float[Array, "*b t h e"]:
-    """Grouped-query attention of one sequence or a batch; see :mod:`kernels.masks` for the window rule.
+    """Grouped-query attention of one sequence or a batch; see :mod:`gemma_kernels.masks` for the window rule.
 
     q ``[t, h, e]`` (or ``[b, t, h, e]``), k and v ``[t, k, e]`` with ``h % k == 0``; ``scale``
     defaults to ``e ** -0.5``; ``softcap`` applies ``cap * tanh(logits / cap)`` before the mask.
@@ -40,7 +40,7 @@ def attention(
         case "xla":
             return attention_xla(q, k, v, segment_ids=segment_ids, **kwargs)
         case "pallas":
-            from kernels.attention.pallas import attention_pallas
+            from gemma_kernels.attention.pallas import attention_pallas
 
             def one(q, k, v, segment_ids):
                 return attention_pallas(q, k, v, interpret=resolve_interpret(interpret),

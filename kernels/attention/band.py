@@ -1,7 +1,7 @@
 """What one tile of the flash attention kernels can see: loop bounds, masks and logits.
 
 Shared by the forward kernel and both backward kernels so that the three agree exactly on the band.
-The rule is :mod:`kernels.masks` (causal: ``0 <= i - j < window``; bidirectional:
+The rule is :mod:`gemma_kernels.masks` (causal: ``0 <= i - j < window``; bidirectional:
 ``|i - j| < window``), plus: positions ``>= t`` are padding and are visible to nobody and see nothing.
 Everything here is traced inside a Pallas kernel, so it sticks to ops the Triton lowering supports
 (``lax.div`` on int32 scalars, 2-D tiles, ``jnp.where``).
@@ -52,7 +52,7 @@ def query_block_range(k0, block_k: int, block_q: int, *, t: int, window: int | N
 
 
 def band_mask(q0, k0, block_q: int, block_k: int, *, t: int, window: int | None, causal: bool):
-    """Boolean ``[block_q, block_k]`` tile of :func:`kernels.masks.visible` with padding removed."""
+    """Boolean ``[block_q, block_k]`` tile of :func:`gemma_kernels.masks.visible` with padding removed."""
     q_pos = q0 + jnp.arange(block_q, dtype=jnp.int32)[:, None]
     k_pos = k0 + jnp.arange(block_k, dtype=jnp.int32)[None, :]
     d = q_pos - k_pos

@@ -1,10 +1,10 @@
 """Sliding-window flash attention as Pallas kernels, differentiable through ``jax.custom_vjp``.
 
-Forward: :mod:`kernels.attention.pallas_fwd`; backward: :mod:`kernels.attention.pallas_bwd`; the
-band both agree on: :mod:`kernels.attention.band`. Autodiff cannot trace through ``pallas_call``, so
+Forward: :mod:`gemma_kernels.attention.pallas_fwd`; backward: :mod:`gemma_kernels.attention.pallas_bwd`; the
+band both agree on: :mod:`gemma_kernels.attention.band`. Autodiff cannot trace through ``pallas_call``, so
 the VJP is written out. This wrapper pads time to a block multiple (padded keys are invisible) and
 the head dim to a power of two (zero columns change no logit), moves heads in front, and resolves
-block sizes per backend (:class:`kernels.blocks.AttentionBlocks`).
+block sizes per backend (:class:`gemma_kernels.blocks.AttentionBlocks`).
 
 Inputs may be bf16: matmuls accumulate in f32, softmax statistics are f32, the output takes the
 input dtype. ``jax.vmap`` over :func:`attention_pallas` batches by adding a grid axis.
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kernels.attention.pallas_bwd import flash_backward
-from kernels.attention.pallas_fwd import flash_forward
-from kernels.blocks import AttentionBlocks, compiler_params, fit
+from gemma_kernels.attention.pallas_bwd import flash_backward
+from gemma_kernels.attention.pallas_fwd import flash_forward
+from gemma_kernels.blocks import AttentionBlocks, compiler_params, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +76,9 @@ def attention_pallas(
     interpret: bool = False,
     blocks: AttentionBlocks | None = None,
 ) -> Float[Array, "t h e"]:
-    """Flash attention of one sequence with the :mod:`kernels.masks` window rule.
+    """Flash attention of one sequence with the :mod:`gemma_kernels.masks` window rule.
 
-    Same contract as :func:`kernels.attention.attention_reference` (self-attention: k and v have
+    Same contract as :func:`gemma_kernels.attention.attention_reference` (self-attention: k and v have
     the query length). Query head ``n`` reads KV head ``n // (h // k)``.
     """
     t, h, e = q.shape

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels.attention.band import band_mask, key_block_range, logits, query_block_range, segment_mask
+from gemma_kernels.attention.band import band_mask, key_block_range, logits, query_block_range, segment_mask
 
 
 def _dlogits(q, k, v, do, lse, delta, mask, scale, softcap):

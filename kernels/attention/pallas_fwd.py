@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from kernels.attention.band import BIG, NEG, band_mask, key_block_range, logits, segment_mask
+from gemma_kernels.attention.band import BIG, NEG, band_mask, key_block_range, logits, segment_mask
 
 
 def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kernels.masks import visible
+from gemma_kernels.masks import visible
 
 
 def softcap_logits(logits: Array, softcap: float | None) -> Array:
@@ -45,7 +45,7 @@ def attention_reference(
     q_pos: Int[Array, " t"] | None = None,
     k_pos: Int[Array, " s"] | None = None,
 ) -> Float[Array, "t h e"]:
-    """Grouped-query attention with the mask of :func:`kernels.masks.visible`.
+    """Grouped-query attention with the mask of :func:`gemma_kernels.masks.visible`.
 
     Query head ``n`` uses KV head ``n // (h // k)``. Positions default to ``arange``; pass them to
     attend over a cache whose slots are not in order (ring buffers). ``segment_ids`` (query and key

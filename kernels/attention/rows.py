@@ -8,7 +8,7 @@ The maths is the standard one (FlashAttention-2, Dao 2023, Algorithms 1 and 2, w
     dQ = scale * dZ K,  dK = scale * dZ^T Q.
 
 Why it is written out rather than left to autodiff: every product here is laid out
-``[..., m, k] @ [..., k, n]`` on row-major operands (:mod:`kernels.layout`), which is what XLA's CPU
+``[..., m, k] @ [..., k, n]`` on row-major operands (:mod:`gemma_kernels.layout`), which is what XLA's CPU
 backend needs to run bf16 products on its fast path; the transposed operand is always the narrow one
 (``e`` columns, not ``s``). Products take the inputs' dtype (bf16 in bf16 training) and accumulate in
 f32, and P is cast to that dtype before ``P V`` as flash attention does. The backward recomputes P
@@ -16,7 +16,7 @@ from the saved row log-sum-exp instead of keeping it.
 
 Shapes: ``q [..., h, m, e]`` (rows ``m``), ``k, v [..., h, s, e]`` (``h`` KV heads), row positions
 and segments ``[..., m]``, key positions and segments ``[..., s]``; the mask is
-:func:`kernels.masks.visible` and equal segments. With ``copy_inputs`` the inputs (and the output's
+:func:`gemma_kernels.masks.visible` and equal segments. With ``copy_inputs`` the inputs (and the output's
 cotangent) are first written out row-major: the caller passes it when they are transposed views (more
 than one KV head); one KV head makes every view a reshape, and the copies would be wasted passes.
 """
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kernels.attention.ref import masked_softmax_stats, softcap_logits
-from kernels.layout import dot, dot_tn, physical_swap, physical_transpose
-from kernels.masks import visible
+from gemma_kernels.attention.ref import masked_softmax_stats, softcap_logits
+from gemma_kernels.layout import dot, dot_tn, physical_swap, physical_transpose
+from gemma_kernels.masks import visible
 
 
 def _mask(q_pos, k_pos, q_seg, k_seg, window, causal):

@@ -4,7 +4,7 @@ Global layers are dense: every key is visible, except that causal attention spli
 slices and slice ``i`` reads keys ``[0, end_i)`` only (2 slices do 3/4 of the dense work, 4 do 5/8).
 Local layers are computed in query blocks of
 ``block`` rows; each block gathers only the key blocks that intersect its band, so time and memory
-are O(t * window) rather than O(t^2). Both run :func:`kernels.attention.rows.attend_rows`, whose
+are O(t * window) rather than O(t^2). Both run :func:`gemma_kernels.attention.rows.attend_rows`, whose
 backward is written out with row-major products (bf16 stays bf16 on XLA's CPU fast path). Query
 heads that share a KV head become rows of one product (GQA as a taller matrix, not a repeat of K/V),
 ordered position-major (row ``t * g + j`` is head ``j`` at position ``t``), so with one KV head the
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from kernels.attention.rows import attend_rows
+from gemma_kernels.attention.rows import attend_rows
 
 
 def _block_size(window: int) -> int:

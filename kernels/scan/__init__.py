@@ -1,4 +1,4 @@
-"""``kernels.linear_scan``: ``h_t = a_t * h_{t-1} + x_t`` with f32 state, implementation by ``impl``.
+"""``gemma_kernels.linear_scan``: ``h_t = a_t * h_{t-1} + x_t`` with f32 state, implementation by ``impl``.
 
 - ``"xla"``: sequential ``lax.scan`` (exact, least memory; the CPU default).
 - ``"assoc"``: ``lax.associative_scan``.
@@ -7,8 +7,8 @@
 
 from jaxtyping import Array, Float
 
-from kernels._platform import SCAN_IMPLS, resolve_impl, resolve_interpret
-from kernels.scan.ref import linear_scan_assoc, linear_scan_reference
+from gemma_kernels._platform import SCAN_IMPLS, resolve_impl, resolve_interpret
+from gemma_kernels.scan.ref import linear_scan_assoc, linear_scan_reference
 
 
 def linear_scan(
@@ -28,7 +28,7 @@ def linear_scan(
         case "assoc":
             return linear_scan_assoc(a, x, h0)
         case "pallas":
-            from kernels.scan.pallas import linear_scan_pallas
+            from gemma_kernels.scan.pallas import linear_scan_pallas
 
             return linear_scan_pallas(a, x, h0, interpret=resolve_interpret(interpret))
     raise AssertionError("unreachable")

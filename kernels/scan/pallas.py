@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Float
 
-from kernels.blocks import ScanBlocks, compiler_params, fit
+from gemma_kernels.blocks import ScanBlocks, compiler_params, fit
 
 
 def _scan_kernel(a_ref, x_ref, h0_ref, y_ref, h_ref, *, block_t: int, reverse: bool):

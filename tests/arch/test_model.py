@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import arch
-import kernels
+import gemma_kernels
 from arch.attention import Attention
 from arch.rglru import RGLRU, RecurrentMixer
-from kernels.attention.xla import local_attention_blocked
+from gemma_kernels.attention.xla import local_attention_blocked
 
 FAMILIES = ["tiny_gemma2", "tiny_gemma3", "tiny_global", "tiny_recurrentgemma", "tiny_embeddinggemma"]
 
@@ -85,7 +85,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     k = jr.normal(jr.key(1), (t, kv, e))
     v = jr.normal(jr.key(2), (t, kv, e))
     for window in (None, 5):
-        attend = jax.jit(lambda q, k, v, w=window: kernels.attention(q, k, v, window=w, softcap=20.0))
+        attend = jax.jit(lambda q, k, v, w=window: gemma_kernels.attention(q, k, v, window=w, softcap=20.0))
         gqa = attend(q, k, v)
         mha = attend(q, jnp.repeat(k, h // kv, axis=1), jnp.repeat(v, h // kv, axis=1))
         np.testing.assert_allclose(gqa, mha, rtol=1e-5, atol=1e-6)
@@ -100,7 +100,7 @@ def test_blocked_local_attention_equals_dense(window, t, causal):
     v = jr.normal(jr.key(2), (t, 2, 8))
     blocked = jax.jit(lambda q, k, v: local_attention_blocked(
         q, k, v, window=window, causal=causal, block=4, softcap=10.0))(q, k, v)
-    dense = kernels.attention_reference(q, k, v, window=window, causal=causal, softcap=10.0)
+    dense = gemma_kernels.attention_reference(q, k, v, window=window, causal=causal, softcap=10.0)
     np.testing.assert_allclose(blocked, dense, rtol=1e-5, atol=1e-6)
 
 
@@ -172,6 +172,6 @@ def test_blocked_local_attention_gradient_equals_dense():
         return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
 
     blocked = loss(lambda q, k, v: local_attention_blocked(q, k, v, window=5, block=4, softcap=8.0))
-    dense = loss(lambda q, k, v: kernels.attention_reference(q, k, v, window=5, softcap=8.0))
+    dense = loss(lambda q, k, v: gemma_kernels.attention_reference(q, k, v, window=5, softcap=8.0))
     for g, g_ref in zip(jax.grad(blocked, (0, 1, 2))(q, k, v), jax.grad(dense, (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)

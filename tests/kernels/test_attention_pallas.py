@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
-from kernels.attention import band
-from kernels.attention.pallas import attention_pallas
-from kernels.attention.pallas_fwd import flash_forward
-from kernels.blocks import AttentionBlocks
-from kernels.masks import visible
+import gemma_kernels
+from gemma_kernels.attention import band
+from gemma_kernels.attention.pallas import attention_pallas
+from gemma_kernels.attention.pallas_fwd import flash_forward
+from gemma_kernels.blocks import AttentionBlocks
+from gemma_kernels.masks import visible
 
 SMALL = AttentionBlocks(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
 MIXED = AttentionBlocks(block_q=16, block_k=32, block_q_bwd=32, block_k_bwd=16)
@@ -62,7 +62,7 @@ def test_forward_and_grad_match_reference(name):
     seg = None if cuts is None else segments(t, cuts)
     opts = dict(window=window, causal=causal, softcap=softcap, segment_ids=seg)
     pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=blocks, **opts)  # noqa: E731
-    ref = lambda q, k, v: kernels.attention_reference(q, k, v, **opts)  # noqa: E731
+    ref = lambda q, k, v: gemma_kernels.attention_reference(q, k, v, **opts)  # noqa: E731
     out, want = pallas(q, k, v), ref(q, k, v)
     assert out.shape == want.shape and out.dtype == q.dtype
     assert rel_err(out, want) < 1e-5
@@ -75,8 +75,8 @@ def test_forward_and_grad_match_reference(name):
 
 def test_public_entry_point_dispatches_to_pallas():
     q, k, v, _ = qkv(40, 2, 1, 16)
-    out = kernels.attention(q, k, v, window=5, impl="pallas", interpret=True, scale=0.3)
-    assert rel_err(out, kernels.attention_reference(q, k, v, window=5, scale=0.3)) < 1e-5
+    out = gemma_kernels.attention(q, k, v, window=5, impl="pallas", interpret=True, scale=0.3)
+    assert rel_err(out, gemma_kernels.attention_reference(q, k, v, window=5, scale=0.3)) < 1e-5
 
 
 def test_bf16_inputs_f32_accumulation():
@@ -86,7 +86,7 @@ def test_bf16_inputs_f32_accumulation():
 
     def ref(q, k, v):  # f32 math on the same bf16 values
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-        return kernels.attention_reference(*f32, **opts)
+        return gemma_kernels.attention_reference(*f32, **opts)
 
     out = pallas(q, k, v)
     assert out.dtype == jnp.bfloat16
@@ -111,7 +111,7 @@ def test_vmap_over_batch_with_segments():
         return lambda q, k, v: jax.vmap(lambda q, k, v, s: fn(q, k, v, segment_ids=s, **opts))(q, k, v, seg)
 
     pallas = batched(lambda *a, **kw: attention_pallas(*a, interpret=True, blocks=SMALL, **kw))
-    ref = batched(kernels.attention_reference)
+    ref = batched(gemma_kernels.attention_reference)
     assert rel_err(pallas(q, k, v), ref(q, k, v)) < 1e-5
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))  # noqa: E731
     for got, exp in zip(jax.grad(loss(pallas), (0, 1, 2))(q, k, v), jax.grad(loss(ref), (0, 1, 2))(q, k, v)):
@@ -129,12 +129,12 @@ def test_rows_without_visible_keys_give_zeros():
     assert np.all(np.isfinite(np.asarray(o))) and np.all(np.isfinite(np.asarray(lse)))
     assert np.all(np.asarray(o[:, t:]) == 0.0)
     assert np.all(np.asarray(lse[:, t:]) == band.BIG)
-    want = kernels.attention_reference(q[:t], k[:t], v[:t], window=4, causal=False)
+    want = gemma_kernels.attention_reference(q[:t], k[:t], v[:t], window=4, causal=False)
     assert rel_err(o[:, :t].transpose(1, 0, 2), want) < 1e-5
 
 
 def test_masked_softmax_row_with_no_visible_key_is_zero():
-    from kernels.attention.ref import masked_softmax_stats
+    from gemma_kernels.attention.ref import masked_softmax_stats
 
     logits = jnp.arange(12.0).reshape(3, 4)
     mask = jnp.array([[True, False, True, False], [False] * 4, [True] * 4])

@@ -1,11 +1,12 @@
-"""The written-out attention backward (kernels.attention.rows) against autodiff of the dense reference."""
+"""The written-out attention backward (gemma_kernels.attention.rows) against autodiff of the dense
+reference."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
+import gemma_kernels
 
 
 def qkv(b, t, h, kv, e, dtype=jnp.float32, seed=0):
@@ -27,11 +28,11 @@ def test_values_and_gradients_match_the_reference(window, causal, softcap, segme
     opts = dict(window=window, causal=causal, softcap=softcap)
 
     def ref(q, k, v):
-        one = lambda q, k, v, s: kernels.attention_reference(q, k, v, segment_ids=s, **opts)  # noqa: E731
+        one = lambda q, k, v, s: gemma_kernels.attention_reference(q, k, v, segment_ids=s, **opts)  # noqa: E731
         return jax.vmap(one, in_axes=(0, 0, 0, None if seg is None else 0))(q, k, v, seg)
 
     def ours(q, k, v):
-        return kernels.attention(q, k, v, segment_ids=seg, impl="xla", **opts)
+        return gemma_kernels.attention(q, k, v, segment_ids=seg, impl="xla", **opts)
 
     np.testing.assert_allclose(jax.jit(ours)(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-5)
     for got, want in zip(jax.jit(lambda *a: grads(ours, *a))(q, k, v, w), grads(ref, q, k, v, w)):
@@ -40,9 +41,9 @@ def test_values_and_gradients_match_the_reference(window, causal, softcap, segme
 
 def test_bf16_inputs_stay_close_to_f32():
     q, k, v, w = qkv(1, 64, 4, 1, 16)
-    f32 = grads(lambda *a: kernels.attention(*a, window=16, impl="xla"), q, k, v, w)
+    f32 = grads(lambda *a: gemma_kernels.attention(*a, window=16, impl="xla"), q, k, v, w)
     bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-    b16 = grads(lambda *a: kernels.attention(*a, window=16, impl="xla"), *bf, w)
+    b16 = grads(lambda *a: gemma_kernels.attention(*a, window=16, impl="xla"), *bf, w)
     for got, want in zip(b16, f32):
         assert got.dtype == jnp.bfloat16
         tol = 0.05 * float(jnp.abs(want).max())
@@ -51,7 +52,7 @@ def test_bf16_inputs_stay_close_to_f32():
 
 def test_long_sequence_walks_blocks_in_chunks():
     """Past ``rows_per_step`` rows the blocked path runs under lax.map: same values and gradients."""
-    from kernels.attention.xla import local_attention_blocked
+    from gemma_kernels.attention.xla import local_attention_blocked
 
     q, k, v, w = qkv(2, 70, 2, 1, 8, seed=3)
     full = lambda q, k, v: local_attention_blocked(q, k, v, window=9, block=16)  # noqa: E731
@@ -65,13 +66,13 @@ def test_long_sequence_walks_blocks_in_chunks():
 @pytest.mark.parametrize("kv", [1, 2])
 def test_causal_global_query_slices_match_the_reference(slices, kv):
     """Slice i of a causal global layer reads only keys up to its last query; nothing else changes."""
-    from kernels.attention.xla import dense_attention
+    from gemma_kernels.attention.xla import dense_attention
 
     q, k, v, w = qkv(2, 64, 4, kv, 8, seed=5)
     seg = jnp.stack([(jnp.arange(64) >= 40), (jnp.arange(64) >= 9)]).astype(jnp.int32)
 
     def ref(q, k, v):
-        one = lambda q, k, v, s: kernels.attention_reference(q, k, v, segment_ids=s, softcap=4.0)  # noqa: E731
+        one = lambda q, k, v, s: gemma_kernels.attention_reference(q, k, v, segment_ids=s, softcap=4.0)  # noqa: E731
         return jax.vmap(one)(q, k, v, seg)
 
     def ours(q, k, v):
@@ -83,7 +84,7 @@ def test_causal_global_query_slices_match_the_reference(slices, kv):
 
 
 def test_causal_slices_default_and_bad_values():
-    from kernels.attention.xla import _causal_slices, dense_attention
+    from gemma_kernels.attention.xla import _causal_slices, dense_attention
 
     lengths = (128, 512, 1024, 4096, 1000, 1001)
     assert [_causal_slices(t, t, None, True) for t in lengths] == [1, 2, 4, 4, 2, 1]

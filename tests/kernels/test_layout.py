@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from kernels.layout import _SENTINEL, dot, dot_tn, physical_swap
+from gemma_kernels.layout import _SENTINEL, dot, dot_tn, physical_swap
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 4, 7, 3)])

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import kernels.blocks
+import gemma_kernels.blocks
 
-attn = importlib.import_module("kernels.attention.pallas")  # kernels.attention is also a function
-scan = importlib.import_module("kernels.scan.pallas")
+attn = importlib.import_module("gemma_kernels.attention.pallas")  # gemma_kernels.attention is also a function
+scan = importlib.import_module("gemma_kernels.scan.pallas")
 
 
 PLATFORMS = {"cuda": ("gpu", "__gpu$xla.gpu.triton"), "tpu": ("tpu", "tpu_custom_call")}
@@ -23,7 +23,7 @@ PLATFORMS = {"cuda": ("gpu", "__gpu$xla.gpu.triton"), "tpu": ("tpu", "tpu_custom
 @pytest.fixture(params=list(PLATFORMS))
 def platform(request, monkeypatch):
     """Pretend the backend is a GPU / TPU, so block sizes and compiler parameters are its own."""
-    monkeypatch.setattr(kernels.blocks, "backend", lambda: PLATFORMS[request.param][0])
+    monkeypatch.setattr(gemma_kernels.blocks, "backend", lambda: PLATFORMS[request.param][0])
     return request.param
 
 

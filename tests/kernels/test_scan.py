@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import kernels
-from kernels.blocks import ScanBlocks
-from kernels.scan.pallas import linear_scan_pallas
+import gemma_kernels
+from gemma_kernels.blocks import ScanBlocks
+from gemma_kernels.scan.pallas import linear_scan_pallas
 
 
 def rel_err(a, b):
@@ -33,7 +33,7 @@ def check(fn, t, r, use_h0, dtype=jnp.float32, tol=1e-5, seed=0):
             return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(h * wh)
         return f
 
-    ref = kernels.linear_scan_reference
+    ref = gemma_kernels.linear_scan_reference
     (y, h), (y_ref, h_ref) = fn(a, x, h0), ref(a, x, h0)
     assert y.dtype == x.dtype and h.dtype == jnp.float32 and y.shape == (t, r) and h.shape == (r,)
     assert rel_err(y, y_ref) < tol and rel_err(h, h_ref) < tol
@@ -65,20 +65,20 @@ def test_pallas_scan_bf16():
 def test_pallas_scan_through_public_entry_point_and_vmap():
     a, x, h0, _, _ = inputs(30, 20)
     a, x, h0 = (jnp.stack([z, z[::-1] * 0.9]) for z in (a, x, h0))
-    scan = jax.vmap(lambda a, x, h0: kernels.linear_scan(a, x, h0, impl="pallas", interpret=True))
+    scan = jax.vmap(lambda a, x, h0: gemma_kernels.linear_scan(a, x, h0, impl="pallas", interpret=True))
     y, h = scan(a, x, h0)
-    y_ref, h_ref = jax.vmap(kernels.linear_scan_reference)(a, x, h0)
+    y_ref, h_ref = jax.vmap(gemma_kernels.linear_scan_reference)(a, x, h0)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(h, h_ref) < 1e-5
     g = jax.grad(lambda a, x: jnp.sum(jnp.sin(scan(a, x, h0)[0])), (0, 1))(a, x)
-    g_ref = jax.grad(lambda a, x: jnp.sum(jnp.sin(jax.vmap(kernels.linear_scan_reference)(a, x, h0)[0])),
-                     (0, 1))(a, x)
+    ref = jax.vmap(gemma_kernels.linear_scan_reference)
+    g_ref = jax.grad(lambda a, x: jnp.sum(jnp.sin(ref(a, x, h0)[0])), (0, 1))(a, x)
     for got, want in zip(g, g_ref):
         assert rel_err(got, want) < 1e-5
 
 
 @pytest.mark.parametrize("use_h0", [False, True])
 def test_assoc_scan_matches_reference(use_h0):
-    check(lambda a, x, h0: kernels.linear_scan(a, x, h0, impl="assoc"), 21, 5, use_h0)
+    check(lambda a, x, h0: gemma_kernels.linear_scan(a, x, h0, impl="assoc"), 21, 5, use_h0)
 
 
 def test_padded_steps_leave_state_unchanged():
