@@ -96,14 +96,25 @@ class ConvState(eqx.Module):
 
 
 def causal_conv1d(x: Recurrent, weight: Float[Array, "w r"], bias: Float[Array, " r"],
-                  tail: Float[Array, "w1 r"] | None = None) -> tuple[Recurrent, Float[Array, "w1 r"]]:
+                  tail: Float[Array, "w1 r"] | None = None, segment_ids: Int[Array, " t"] | None = None
+                  ) -> tuple[Recurrent, Float[Array, "w1 r"]]:
     """Depthwise causal conv: ``y_t = b + sum_k weight[k] * x[t - (w - 1) + k]``; ``tail`` holds the
-    ``w - 1`` inputs before x (zeros at a sequence start). Returns ``(y, new tail)``."""
+    ``w - 1`` inputs before x (zeros at a sequence start). Returns ``(y, new tail)``.
+
+    With ``segment_ids`` (packed documents) a term is kept only when its input lies in the same
+    document as ``t``, as the released RecurrentGemma masks its Conv1D at document starts: each
+    document is convolved as if alone. The tail counts as part of the first token's document."""
     w, t = weight.shape[0], x.shape[0]
     tail = jnp.zeros((w - 1, x.shape[1]), x.dtype) if tail is None else tail.astype(x.dtype)
     xp = jnp.concatenate([tail, x])
-    y = sum(xp[k : k + t] * weight[k].astype(x.dtype) for k in range(w)) + bias.astype(x.dtype)
-    return y, xp[xp.shape[0] - (w - 1) :]
+    terms = []
+    for k in range(w):
+        term = xp[k : k + t] * weight[k].astype(x.dtype)
+        if segment_ids is not None and k < w - 1:  # k = w - 1 is x_t itself
+            seg = jnp.concatenate([jnp.full((w - 1,), segment_ids[0]), segment_ids])
+            term = jnp.where((seg[k : k + t] == segment_ids)[:, None], term, 0)
+        terms.append(term)
+    return sum(terms) + bias.astype(x.dtype), xp[xp.shape[0] - (w - 1) :]
 
 
 class RecurrentMixer(AbstractMixer):
@@ -130,7 +141,8 @@ class RecurrentMixer(AbstractMixer):
 
     def _recur(self, xb: Recurrent, positions: Positions, state: ConvState | None, segment_ids=None):
         """Conv1D + RG-LRU over one sequence, from ``state`` (or a fresh start)."""
-        xb, tail = causal_conv1d(xb, self.conv_weight, self.conv_bias, None if state is None else state.conv)
+        xb, tail = causal_conv1d(xb, self.conv_weight, self.conv_bias, None if state is None else state.conv,
+                                 segment_ids)
         reset = positions == 0
         if segment_ids is not None:  # packed documents: each starts afresh
             reset |= jnp.concatenate([jnp.ones((1,), bool), segment_ids[1:] != segment_ids[:-1]])
