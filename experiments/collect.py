@@ -69,9 +69,10 @@ COLUMNS = ["label", "status", "evals.val_ppl", "evals.passkey_mean", "evals.mqar
 
 
 def table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
-    """The sweep's main figures as a plain-text table (cache bytes in MiB)."""
+    """The sweep's main figures as a plain-text table (cache bytes in MiB); a ValueError when ``df``
+    has no rows, so an empty sweep never prints as a table."""
     if df.empty:
-        return "(no runs)"
+        raise ValueError("table: no runs to show (the sweep has no finished run at this scale)")
     cols = [c for c in (columns or COLUMNS) if c in df]
     view = df[cols].copy()
     if "evals.cache_bytes_32k" in view:
@@ -79,3 +80,40 @@ def table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
         view = view.rename(columns={"evals.cache_bytes_32k": "cache@32K MiB"})
     view.columns = [c.removeprefix("evals.") for c in view.columns]
     return view.to_string(index=False, float_format=lambda x: f"{x:,.3f}")
+
+
+# A sweep's summary CSV (``--update-figures`` writes it beside the README's figures) as the README's
+# table: column -> (header, format).
+MARKDOWN = {"label": ("run", str), "tag.pattern": ("pattern", lambda p: f"`{p}`"),
+            "evals.val_ppl": ("val perplexity", "{:.2f}".format),
+            "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format),
+            "evals.mqar_mean": ("MQAR", "{:.3f}".format),
+            "evals.cache_bytes_32k": ("cache at 32K (bf16)", lambda b: f"{b / 2**20:.3g} MiB"),
+            "tokens_per_s": ("train tokens/s", "{:,.0f}".format)}
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The columns of :data:`MARKDOWN` that ``df`` has, as a Markdown table, rows in ``df``'s order."""
+    if df.empty:
+        raise ValueError("markdown: no runs to show")
+    cols = [c for c in MARKDOWN if c in df]
+    lines = ["| " + " | ".join(MARKDOWN[c][0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = ("" if pd.isna(row[c]) else MARKDOWN[c][1](row[c]) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.collect",
+                                description="Print a sweep's summary CSV (e.g. figures/tradeoff.csv) as "
+                                            "the README's Markdown table.")
+    p.add_argument("csv", type=Path)
+    print(markdown(pd.read_csv(p.parse_args(argv).csv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.collect import collect
-from experiments.sweep import expand, run_sweep, status
+from experiments.sweep import expand, raise_failures, run_sweep, status
+from experiments.sweep import figures_dir as sweep_figures_dir
 
 
 def results_dir() -> Path:
@@ -24,7 +25,7 @@ def results_dir() -> Path:
 
 def figures_dir(scale: str) -> Path:
     """Notebook figures go under results/ (not the README's figures/), one folder per scale."""
-    return results_dir() / "figures" / scale
+    return sweep_figures_dir(results_dir(), scale)
 
 
 def complete(sweep: str, scale: str) -> bool:
@@ -40,13 +41,20 @@ def choose_scale(sweep: str, scale: str | None = None) -> str:
 
 
 def ensure_sweep(sweep: str, scale: str | None = None) -> tuple[pd.DataFrame, str]:
-    """``(DataFrame of finished runs, scale used)``; runs what is missing at that scale first."""
+    """``(DataFrame of finished runs, scale used)``; runs what is missing at that scale first.
+
+    Raises :class:`experiments.sweep.SweepFailed` when a run fails, and ValueError when no run of
+    that scale finished: a notebook never draws from a partial or empty table."""
     scale = choose_scale(sweep, scale)
     if not complete(sweep, scale):
         print(f"running `python -m experiments.sweep {sweep} --scale {scale}` (results missing)")
-        run_sweep(sweep, scale=scale, out=results_dir(), progress=False, plot=False)
+        result = run_sweep(sweep, scale=scale, out=results_dir(), progress=False, plot=False)
+        raise_failures(result, results_dir() / sweep)
     df = collect(sweep, out=results_dir(), scale=scale)
-    return df[df["status"] == "done"].reset_index(drop=True), scale
+    df = df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df
+    if df.empty:
+        raise ValueError(f"sweep {sweep!r}: no finished run at scale {scale!r} in {results_dir() / sweep}")
+    return df, scale
 
 
 def repo_figure(name: str) -> Path:

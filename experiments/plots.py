@@ -21,8 +21,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _done(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "done"] if "status" in df else df
+def _done(df: pd.DataFrame, plot: str, needs: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The finished runs of ``df``; a ValueError naming ``plot`` when there are none, or when a
+    column the plot needs (e.g. a sweep tag) is missing: a figure is never silently skipped."""
+    done = df[df["status"] == "done"] if "status" in df else df
+    if done.empty:
+        counts = df["status"].value_counts().to_dict() if "status" in df else {}
+        raise ValueError(f"{plot}: no finished runs to draw ({len(df)} rows, by status {counts})")
+    missing = [c for c in needs if c not in done]
+    if missing:
+        raise ValueError(f"{plot}: the table has no column {', '.join(missing)} (is it the right sweep?)")
+    return done
 
 
 def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
@@ -57,9 +66,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
-    df = _done(df)
-    if df.empty:
-        return []
+    df = _done(df, "plot_tradeoff")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mib = df["evals.cache_bytes_32k"] / 2**20
     ax.scatter(mib, df["evals.val_ppl"], s=40)
@@ -74,7 +81,7 @@ def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> li
 
 
 def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
-    df = _done(df)
+    df = _done(df, "plot_loss_by_position")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
     for _, row in df.iterrows():
@@ -93,7 +100,7 @@ def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Pa
 
 
 def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
-    df = _done(df)
+    df = _done(df, "plot_probes")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drawn = False
     for ax, prefix, title in ((axes[0], "passkey_", "passkey retrieval"), (axes[1], "mqar_gap_", "MQAR")):
@@ -112,9 +119,7 @@ def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
 
 
 def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window") -> list[Path]:
-    df = _done(df)
-    if df.empty or "tag.ratio" not in df:
-        return []
+    df = _done(df, "plot_ratio_window", ("tag.ratio",))
     grid = df.pivot_table(index="tag.ratio", columns="tag.window", values="evals.val_ppl")
     fig, ax = plt.subplots(figsize=(6, 4))
     im = ax.imshow(grid.values, cmap="viridis_r", aspect="auto")
@@ -132,9 +137,7 @@ def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window
 
 
 def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "evals.val_ppl") -> list[Path]:
-    df = _done(df)
-    if df.empty:
-        return []
+    df = _done(df, "plot_bar")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(df["label"], df[metric])
     lo, hi = df[metric].min(), df[metric].max()
@@ -146,9 +149,7 @@ def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "
 
 
 def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context") -> list[Path]:
-    df = _done(df)
-    if df.empty or "tag.eval_len" not in df:
-        return []
+    df = _done(df, "plot_long_context", ("tag.eval_len",))
     longest = df[df["tag.eval_len"] == df["tag.eval_len"].max()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, row in longest.iterrows():
@@ -166,9 +167,7 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
 def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
     """Gemma 2 Table 7 analogue: student validation perplexity vs student size (non-embedding
     parameters), one line per training method, the teacher's perplexity as a dashed line."""
-    df = _done(df)
-    if df.empty or "tag.role" not in df:
-        return []
+    df = _done(df, "plot_distill", ("tag.role",))
     students, teachers = df[df["tag.role"] == "student"], df[df["tag.role"] == "teacher"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, part in students.groupby("tag.method", sort=False):
@@ -187,13 +186,11 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
     next-token training when present). Right: relative perplexity difference of each larger teacher's
     student against the smallest teacher's, ``ppl(large) / ppl(small) - 1`` (below 0: the larger
     teacher is better), vs tokens."""
-    df = _done(df)
-    if df.empty or "tag.role" not in df:
-        return []
+    df = _done(df, "plot_teacher_size", ("tag.role",))
     students = df[df["tag.role"] == "student"]
     teachers = df[df["tag.role"] == "teacher"].sort_values("evals.params_non_embedding")
     if students.empty:
-        return []
+        raise ValueError("plot_teacher_size: no finished student runs to draw")
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
     size = dict(zip(teachers["tag.teacher"], teachers["evals.params_non_embedding"] / 1e6))
     curves = {}

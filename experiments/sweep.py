@@ -24,11 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from experiments.corpus import write_json
+from experiments.corpus import atomic_write_bytes, write_json
 from experiments.runconfig import RunConfig
 
 SCALES = ("quick", "default", "full")
 DEFAULT_OUT = Path("results")
+README_FIGURES = Path(__file__).resolve().parents[1] / "figures"  # only --update-figures writes here
+
+
+class SweepFailed(RuntimeError):
+    """Some runs of a sweep failed (each wrote ``error.json``); raised by :func:`raise_failures`."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -179,10 +184,31 @@ def execute(run: Run, sweep_dir: Path, *, progress: bool = True) -> dict:
     return summary
 
 
+def figures_dir(out: Path, scale: str) -> Path:
+    """Where a sweep's figures go: under its results folder, one folder per scale."""
+    return Path(out) / "figures" / scale
+
+
+def raise_failures(result: dict[str, list[str]], sweep_dir: Path) -> dict[str, list[str]]:
+    """``result`` of :func:`run_sweep` unchanged when no run failed; otherwise :class:`SweepFailed`
+    naming each failed run with the error its ``error.json`` holds."""
+    if not result["failed"]:
+        return result
+    lines = []
+    for key in result["failed"]:
+        path = Path(sweep_dir) / key / "error.json"
+        error = json.loads(path.read_text()) if path.exists() else {}
+        lines.append(f"  {key} ({error.get('label', '?')}): {error.get('error', 'no error.json')}")
+    raise SweepFailed(f"{len(lines)} run(s) of {Path(sweep_dir).name} failed (see error.json in "
+                      f"{sweep_dir}/<run>/):\n" + "\n".join(lines))
+
+
 def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
               shard_spec: tuple[int, int] = (0, 1), dry_run: bool = False, progress: bool = True,
-              plot: bool = True, figures: Path = Path("figures")) -> dict[str, list[str]]:
-    """Execute a sweep; returns ``{"done": [...], "failed": [...]}`` (run directory names)."""
+              plot: bool = True, figures: Path | None = None) -> dict[str, list[str]]:
+    """Execute a sweep; returns ``{"done": [...], "failed": [...]}`` (run directory names): callers
+    check ``failed`` (:func:`raise_failures`). Figures go to ``figures`` (default
+    :func:`figures_dir`), never to the README's ``figures/`` unless asked for."""
     runs = shard(expand(name, scale), *shard_spec)
     sweep_dir = Path(out) / name
     if dry_run:
@@ -221,9 +247,23 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
         from experiments.collect import collect
 
         draw = getattr(plots, f"plot_{sweep.plot}")
-        for path in draw(collect(name, out=out, scale=scale), Path(figures), name):
+        for path in draw(collect(name, out=out, scale=scale), Path(figures or figures_dir(out, scale)), name):
             print(f"figure: {path}")
     return result
+
+
+def write_summary(name: str, scale: str, out: Path, folder: Path) -> Path:
+    """``folder/<name>.csv``: the main figures of the finished runs, in the sweep's order (the README
+    prints its table from it: ``python -m experiments.collect figures/<name>.csv``)."""
+    from experiments.collect import COLUMNS, collect
+
+    order = {r.key: i for i, r in enumerate(expand(name, scale))}
+    df = collect(name, out=out, scale=scale)
+    df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
+    cols = [c for c in ("run", "label", "tag.pattern", *COLUMNS[2:]) if c in df]
+    path = Path(folder) / f"{name}.csv"
+    atomic_write_bytes(path, df[cols].to_csv(index=False).encode())
+    return path
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -247,10 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/n")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--figures", type=Path, default=Path("figures"), help="where plots go (default figures/)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--figures", type=Path, default=None,
+                       help="where plots go (default: OUT/figures/SCALE)")
+    where.add_argument("--update-figures", action="store_true",
+                       help=f"draw into the README's figures ({README_FIGURES})")
     args = p.parse_args(argv)
+    figures = README_FIGURES if args.update_figures else args.figures
     result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard,
-                       dry_run=args.dry_run, plot=not args.no_plot, figures=args.figures)
+                       dry_run=args.dry_run, plot=not args.no_plot, figures=figures)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed; see error.json in {args.out / args.name}/<run>/",
               file=sys.stderr)
@@ -259,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.collect import collect, table
 
         print(table(collect(args.name, out=args.out, scale=args.scale)))
+        if args.update_figures:
+            print(f"summary: {write_summary(args.name, args.scale, args.out, README_FIGURES)}")
     return 0
 
 

@@ -72,8 +72,9 @@ def dimension_table(df: pd.DataFrame, labels: list[str] | None = None, metric: s
 
 
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    if df.empty:
-        return {}
+    """The report's tables from finished runs; a ValueError when there are none."""
+    if df.empty or "label" not in df:
+        raise ValueError(f"embedding tables: no finished runs ({len(df)} rows)")
     out = {name: summary_table(df, labels) for name, labels in TABLES.items()}
     out["Tables 6-8: code nDCG@10 by Matryoshka dimension"] = dimension_table(
         df, [x for x in df["label"] if not x.startswith("BM25")])
@@ -87,6 +88,8 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
 
     from experiments.plots import _label, _save
 
+    if df.empty or "label" not in df:
+        raise ValueError(f"embedding plots: no finished runs to draw ({len(df)} rows)")
     figures = Path(figures)
     paths = []
     bm25 = df[df["label"] == "BM25"]

@@ -319,8 +319,15 @@ def ensure_embedding(scale: str | None = None):
         done = subprocess.run([sys.executable, "-m", "experiments.embed.sweep", "--scale", scale, "--out",
                                str(out), "--workers", str(workers)], env=env, capture_output=True, text=True)
         if done.returncode:
-            print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
-    return collect_embedding(scale, out=out), scale
+            from experiments.sweep import SweepFailed
+
+            raise SweepFailed(f"the {scale} embedding sweep failed (exit {done.returncode}); see "
+                              f"error.json in {out / SWEEP}/<run>/\n{done.stdout[-3000:]}\n"
+                              f"{done.stderr[-3000:]}")
+    df = collect_embedding(scale, out=out)
+    if df.empty:
+        raise ValueError(f"embedding sweep: no finished run at scale {scale!r} in {out / SWEEP}")
+    return df, scale
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,15 @@
 """Sweep expansion, hashing, sharding, skip/resume, failure handling and collect."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from experiments import sweep as sw
-from experiments.collect import collect, table
+from experiments.collect import collect, markdown, table
 from experiments.runconfig import RunConfig
 from experiments.sweep import SWEEPS, Run, expand, get_sweep, run_sweep, shard
 
@@ -22,7 +24,8 @@ def test_every_sweep_expands_at_every_scale_without_duplicates():
             assert runs and len({r.key for r in runs}) == len(runs)
             for r in runs:
                 if isinstance(r.config, RunConfig):  # the embedding sweep has its own config
-                    r.config.base_model_config()  # every point is a valid model
+                    cfg = r.config.base_model_config()  # every point is a valid model,
+                    dataclasses.replace(cfg, **dict(r.eval_overrides))  # and so is every variant of one
 
 
 def test_tradeoff_is_parameter_matched_and_covers_the_patterns():
@@ -193,3 +196,60 @@ def test_dry_run_lists_without_running(fake, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MHA" in out and "MQA" in out and "new" in out
     assert not fake.trained and not (tmp_path / "gqa").exists()
+
+
+def test_a_failed_run_fails_every_caller(fake, tmp_path, monkeypatch, capsys):
+    """The CLI exits 1, raise_failures names the run and its error, and the notebooks' ensure_sweep
+    raises instead of drawing from a table with a hole in it."""
+    from experiments import notebook
+
+    assert sw.main(["tradeoff", "--scale", "default", "--out", str(tmp_path), "--no-plot"]) == 1
+    assert "1 run(s) failed" in capsys.readouterr().err
+    result = run_sweep("tradeoff", scale="default", out=tmp_path, progress=False, plot=False)
+    with pytest.raises(sw.SweepFailed, match="RuntimeError: boom"):
+        sw.raise_failures(result, tmp_path / "tradeoff")
+    assert sw.raise_failures({"done": ["x"], "failed": []}, tmp_path) == {"done": ["x"], "failed": []}
+    monkeypatch.setenv("GEMMA_LAB_RESULTS", str(tmp_path / "nb"))
+    with pytest.raises(sw.SweepFailed, match="hybrid|RRG"):
+        notebook.ensure_sweep("tradeoff", "default")
+
+
+def test_plots_and_tables_refuse_tables_without_finished_runs(tmp_path):
+    import pandas as pd
+
+    from experiments import plots
+    from experiments.embed import plots as embed_plots
+
+    failed = pd.DataFrame([{"run": "a", "label": "x", "status": "failed", "error": "ValueError: v"}])
+    for draw in (plots.plot_tradeoff, plots.plot_ratio_window, plots.plot_bar, plots.plot_long_context,
+                 plots.plot_distill, plots.plot_teacher_size):
+        for df in (pd.DataFrame(), failed):
+            with pytest.raises(ValueError, match="no finished runs"):
+                draw(df, tmp_path, "x")
+    done = failed.assign(status="done")
+    with pytest.raises(ValueError, match="tag.ratio"):
+        plots.plot_ratio_window(done, tmp_path, "x")
+    with pytest.raises(ValueError, match="no runs"):
+        table(pd.DataFrame())
+    for fn in (embed_plots.tables, lambda df: embed_plots.plot_all(df, tmp_path)):
+        with pytest.raises(ValueError, match="no finished runs"):
+            fn(pd.DataFrame())
+    assert not list(tmp_path.iterdir())
+
+
+def test_figures_go_under_results_unless_the_readme_ones_are_asked_for(fake, tmp_path, monkeypatch):
+    fake.fail.clear()
+    readme = tmp_path / "readme_figures"
+    monkeypatch.setattr(sw, "README_FIGURES", readme)
+    out = tmp_path / "results"
+    assert sw.main(["tradeoff", "--scale", "default", "--out", str(out)]) == 0
+    assert (out / "figures" / "default" / "tradeoff.png").exists() and not readme.exists()
+    assert sw.main(["tradeoff", "--scale", "default", "--out", str(out), "--update-figures"]) == 0
+    assert (readme / "tradeoff.png").exists()
+    # the README's table comes from the summary CSV written beside the figures, in the sweep's order
+    summary = pd.read_csv(readme / "tradeoff.csv")
+    assert list(summary["run"]) == [r.key for r in expand("tradeoff", "default")]
+    assert summary["evals.val_ppl"].notna().all()
+    text = markdown(summary)
+    assert text.splitlines()[0].startswith("| run | pattern | val perplexity")
+    assert "| `LLLLLG` |" in text and len(text.splitlines()) == len(summary) + 2

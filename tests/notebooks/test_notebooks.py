@@ -34,7 +34,15 @@ def test_notebook_executes(path, results, monkeypatch):
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError on the first failing cell
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert os.environ["GEMMA_LAB_SCALE"] == "quick"
+    # every run of every sweep finished: a failed run leaves error.json behind
+    failed = sorted(str(p.relative_to(results)) for p in results.rglob("error.json"))
+    assert not failed, f"runs failed: {failed}"
+    # every cell that draws shows at least one figure
+    for cell in code:
+        if "show(plots." in cell.source or "plot_all(df" in cell.source:
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert images, f"no figure shown by the cell:\n{cell.source}"
