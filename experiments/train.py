@@ -268,7 +268,7 @@ def parse_value(text: str) -> Any:
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[int, int], bool, int]:
     """``(run, out_dir, (data_parallel, fsdp), progress, steps_per_call)`` from the command line."""
     p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="small_gemma3")
+    p.add_argument("--preset", help="a name of arch.PRESETS (default small_gemma3)")
     p.add_argument("--override", action="append", default=[], metavar="K=V",
                    help="ModelConfig override, value parsed as a Python literal (else a string)")
     p.add_argument("--data", help="text folder/files, .jsonl or .parquet (default: the stdlib corpus)")
@@ -289,9 +289,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
                    help="train steps per jitted call, at most (each call allocates its memory once)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed", "matmul_dtype")
     if a.resume:
         if not a.out:
             p.error("--resume needs --out DIR (a run directory with a config.json)")
+        flag = {act.dest: act.option_strings[0] for act in p._actions if act.option_strings}
+        given = [flag[k] for k in ("preset", "override", *fields) if getattr(a, k)]
+        if given:
+            p.error(f"--resume continues the run in --out exactly as its config.json says; "
+                    f"{', '.join(given)} cannot change it (start a new run with another --out instead)")
         run = RunConfig.from_dict(json.loads((Path(a.out) / "config.json").read_text()))
     else:
         overrides = []
@@ -300,10 +306,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
             if not sep:
                 p.error(f"--override {item!r}: expected KEY=VALUE")
             overrides.append((key.strip(), parse_value(value.strip())))
-        fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed",
-                  "matmul_dtype")
         kw = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
-        run = RunConfig(preset=a.preset, overrides=tuple(overrides), **kw)
+        run = RunConfig(preset=a.preset or "small_gemma3", overrides=tuple(overrides), **kw)
     out = Path(a.out) if a.out else REPO / "results" / "train" / run.short_hash()
     if a.steps_per_call < 1:
         p.error(f"--steps-per-call {a.steps_per_call}: must be >= 1")

@@ -137,6 +137,15 @@ def test_cli_builds_the_run_and_resume_reads_config(env):
     assert per_call == 10 and parse_args(argv + ["--steps-per-call", "1"])[4] == 1
     summary = main(["--resume", "--out", str(env["straight"]), "--no-progress"])
     assert summary == env["summary"]
+    assert parse_args([])[0].preset == "small_gemma3"
+
+
+@pytest.mark.parametrize("extra", [["--preset", "tiny_gemma2"], ["--override", "window=4"], ["--seq", "64"]])
+def test_resume_refuses_flags_that_would_change_the_run(extra, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert extra[0] in err and "config.json" in err
 
 
 def test_runconfig_hash_roundtrip_and_overrides():
