@@ -20,10 +20,8 @@ from arch.typing import Hidden, Positions
 
 def make_mixer(kind: str, cfg: ModelConfig, *, key: PRNGKeyArray) -> AbstractMixer:
     match kind:
-        case "G":
-            return Attention(cfg, window=None, key=key)
-        case "L":
-            return Attention(cfg, window=cfg.window, key=key)
+        case "G" | "L":
+            return Attention(cfg, window=cfg.attention_window(kind), key=key)
         case "R":
             return RecurrentMixer(cfg, key=key)
     raise ValueError(f"unknown block kind {kind!r}; allowed: G, L, R")

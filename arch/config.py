@@ -135,6 +135,13 @@ class ModelConfig:
         reps = -(-self.num_layers // len(self.pattern))
         return tuple((self.pattern * reps)[: self.num_layers])
 
+    def attention_window(self, kind: str) -> int | None:
+        """The config window of an attention layer of ``kind``: None for ``G``, ``window`` for ``L``
+        (``arch.masks.kernel_window`` turns it into what the kernels take)."""
+        if kind not in ("G", "L"):
+            raise ValueError(f"block kind {kind!r} has no attention window; allowed: G, L")
+        return None if kind == "G" else self.window
+
     @property
     def rotary_dim(self) -> int:
         return int(round(self.partial_rotary * self.head_dim))

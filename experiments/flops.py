@@ -17,13 +17,18 @@ import jax.numpy as jnp
 
 import arch
 from arch.config import ModelConfig
+from arch.masks import kernel_window
 
 
 def mean_visible_keys(seq_len: int, window: int | None, causal: bool = True) -> float:
-    """Average number of keys a query attends to in a sequence of ``seq_len`` tokens."""
+    """Average number of keys a query attends to in a sequence of ``seq_len`` tokens; ``window`` is
+    what the kernels take (:func:`arch.masks.kernel_window`): the span, or the bidirectional radius."""
     t = seq_len
-    if not causal:
-        return float(t if window is None else min(t, 2 * window - 1))
+    if not causal:  # query i sees keys max(0, i - r + 1) .. min(t - 1, i + r - 1)
+        if window is None or window >= t:
+            return float(t)
+        r = window
+        return sum(min(t - 1, i + r - 1) - max(0, i - r + 1) + 1 for i in range(t)) / t
     if window is None or window >= t:
         return (t + 1) / 2
     # the first `window` queries see 1..window keys, the rest see exactly `window`
@@ -37,7 +42,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, *, training: bool = True) ->
     for kind in cfg.layer_kinds:
         if kind == "R":
             continue  # the RG-LRU scan is O(width) per token: negligible against its matmuls
-        window = cfg.window if kind == "L" else None
+        window = kernel_window(cfg.attention_window(kind), cfg.causal)
         forward += 4.0 * cfg.num_heads * cfg.head_dim * mean_visible_keys(seq_len, window, cfg.causal)
     return 3.0 * forward if training else forward
 
