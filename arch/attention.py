@@ -149,7 +149,6 @@ class Attention(AbstractMixer):
             keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
             values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
             k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
-        scale = self.head_dim**-0.5 if self.scale is None else self.scale
         out = attend_cache(q, keys, values, q_pos=positions, k_pos=k_pos, window=self.window,
-                           softcap=self.softcap, scale=scale)
+                           softcap=self.softcap, scale=self.scale)
         return self.o_proj(out.reshape(t, -1)), written

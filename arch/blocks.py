@@ -34,7 +34,6 @@ class ResidualBlock(eqx.Module):
     pre_mlp_norm: RMSNorm
     mlp: GatedMLP
     post_mlp_norm: RMSNorm | None
-    kind: str = eqx.field(static=True)
 
     def __init__(self, kind: str, cfg: ModelConfig, *, key: PRNGKeyArray):
         mkey, fkey = jr.split(key)
@@ -45,7 +44,6 @@ class ResidualBlock(eqx.Module):
         self.pre_mlp_norm = norm()
         self.mlp = GatedMLP(cfg, key=fkey)
         self.post_mlp_norm = norm() if cfg.post_norms else None
-        self.kind = kind
 
     def _mlp(self, x: Hidden) -> Hidden:
         y = self.mlp(self.pre_mlp_norm(x))

@@ -11,12 +11,13 @@ Gemma 2 = ``"LG"``, Gemma 3 = ``"LLLLLG"``, RecurrentGemma = ``"RRL"``, Hawk = `
 import dataclasses
 from typing import Literal
 
+from gemma_kernels import ATTENTION_IMPLS, SCAN_IMPLS
+
 BlockKind = Literal["G", "L", "R"]
 KINDS = ("G", "L", "R")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
-ATTN_IMPLS = ("auto", "xla", "pallas")
-SCAN_IMPLS = ("auto", "xla", "assoc", "pallas")
 DTYPES = ("float32", "bfloat16")
+DEFAULT_WINDOW = 4096  # Gemma 2's span, and transformers' default sliding_window
 
 
 def ratio(**counts: int) -> str:
@@ -46,7 +47,7 @@ class ModelConfig:
     mlp_width: int = 512  # hidden width of each GeGLU branch (gate and up)
     # layer stack
     pattern: str = "G"  # over G/L/R, tiled to num_layers and cut
-    window: int = 4096  # local attention span (causal) or HF sliding_window (bidirectional)
+    window: int = DEFAULT_WINDOW  # local attention span (causal) or HF sliding_window (bidirectional)
     # attention details
     query_pre_attn_scalar: float | None = None  # logits scaled by this ** -0.5; None: head_dim
     attn_softcap: float | None = None  # Gemma 2: 50.0
@@ -120,8 +121,8 @@ class ModelConfig:
             fail("lru_width", "must be None or a positive int")
         if not isinstance(self.conv_width, int) or self.conv_width < 1:
             fail("conv_width", "must be an int >= 1")
-        if self.attn_impl not in ATTN_IMPLS:
-            fail("attn_impl", f"must be one of {ATTN_IMPLS}")
+        if self.attn_impl not in ATTENTION_IMPLS:
+            fail("attn_impl", f"must be one of {ATTENTION_IMPLS}")
         if self.scan_impl not in SCAN_IMPLS:
             fail("scan_impl", f"must be one of {SCAN_IMPLS}")
         if self.matmul_dtype not in DTYPES:

@@ -13,7 +13,7 @@
 
 import dataclasses
 
-from arch.config import ModelConfig
+from arch.config import DEFAULT_WINDOW, ModelConfig
 
 # HF ``hidden_activation`` -> ours (ACT2FN: gelu_pytorch_tanh and gelu_new are both the tanh approximation)
 ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "silu": "silu",
@@ -157,13 +157,13 @@ def config_from_hf(hf: dict) -> ModelConfig:
         rope = dict(rope_base_global=theta, rope_base_local=theta)
     else:
         rope = _gemma3_rope(hf)
-    window = hf.get("sliding_window", 4096)  # the transformers class default when the key is absent
+    window = hf.get("sliding_window", DEFAULT_WINDOW)  # the class default when the key is absent
     if window is None and "sliding_attention" in types:
         raise ValueError("Hugging Face config has sliding_attention layers but sliding_window=None")
     return ModelConfig(
         **common, **rope, num_kv_heads=hf["num_key_value_heads"], head_dim=hf["head_dim"],
         mlp_width=hf["intermediate_size"], pattern=pattern_of([LAYER_TYPES[t] for t in types]),
-        window=window or 4096, query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        window=window or DEFAULT_WINDOW, query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
         attn_softcap=hf.get("attn_logit_softcapping"), logit_softcap=hf.get("final_logit_softcapping"),
         qk_norm=family == "gemma3", causal=not bidirectional, post_norms=True,
     )

@@ -28,7 +28,7 @@ import numpy as np
 
 import arch
 from experiments import sharding as shd
-from experiments.flops import flops_per_token, measure_matmul_peak
+from experiments.flops import measure_matmul_peak, mfu
 from experiments.runconfig import RunConfig
 from experiments.step import init_params, make_train_step, stack_steps
 from experiments.train import STEPS_PER_CALL
@@ -181,16 +181,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def add(preset, impl, dtype, res, cfg):
         tok_s = tokens / res["step_s"]
-        mfu = tok_s * flops_per_token(cfg, a.seq) / measure_matmul_peak(dtype)
+        util = mfu(tok_s, cfg, a.seq, dtype=dtype)
         # tokens per CPU-second x cores: what the step would do alone on the machine (a shared
         # machine inflates wall time; thread spinning inflates CPU time: both are shown).
         cpu_tok_s = tokens * ncores / res["cpu_s"]
         rows.append(dict(preset=preset, impl=impl, dtype=dtype, step_ms=1e3 * res["step_s"],
                          median_ms=1e3 * res["median_s"], tokens_per_s=tok_s, cpu_tokens_per_s=cpu_tok_s,
-                         mfu=mfu, loss=res["loss"]))
+                         mfu=util, loss=res["loss"]))
         print(f"  {preset:<22}{impl:<12}{dtype:<10}{1e3 * res['step_s']:>7.0f} ms (median "
               f"{1e3 * res['median_s']:>6.0f}){tok_s:>9,.0f} tok/s"
-              f"{100 * mfu:>7.1f}% MFU{cpu_tok_s:>10,.0f} tok/CPU-s x cores  loss {res['loss']:.3f}",
+              f"{100 * util:>7.1f}% MFU{cpu_tok_s:>10,.0f} tok/CPU-s x cores  loss {res['loss']:.3f}",
               flush=True)
 
     print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} cores; B={a.batch} T={a.seq}; "

@@ -66,7 +66,12 @@ def measure_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5) ->
     return 2.0 * n**3 / best
 
 
-def mfu(tokens_per_s: float, cfg: ModelConfig, seq_len: int, dtype: str | None = None) -> float:
-    """Model FLOPs utilisation: achieved training FLOP/s over the measured matmul peak."""
+def mfu(tokens_per_s: float, cfg: ModelConfig, seq_len: int, *, dtype: str | None = None,
+        devices: int = 1) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over the matmul peak measured on one device
+    (in ``dtype``, default the config's), times the ``devices`` that ran the step. A CPU split into
+    one device per core (``sharding.split_cpu``) counts once: its peak was measured on all cores."""
+    if jax.devices()[0].platform == "cpu":
+        devices = 1
     peak = measure_matmul_peak(dtype or cfg.matmul_dtype)
-    return tokens_per_s * flops_per_token(cfg, seq_len) / peak
+    return tokens_per_s * flops_per_token(cfg, seq_len) / (peak * devices)

@@ -32,7 +32,7 @@ from experiments import checkpoint
 from experiments import sharding as shd
 from experiments.corpus import atomic_write_bytes, load_corpus, unigram_entropy, write_json
 from experiments.data import Data, prepare_data
-from experiments.flops import flops_per_token, measure_matmul_peak
+from experiments.flops import flops_per_token, measure_matmul_peak, mfu
 from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
 from experiments.teacher import load_teacher
@@ -235,14 +235,13 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     tokens_per_s = timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else float("nan")
     fpt = flops_per_token(cfg, run.seq_len)
     peak = measure_matmul_peak(cfg.matmul_dtype)
-    # the peak is one device's; a CPU split into devices (sharding.split_cpu) measured all its cores
-    peak_devices = 1 if jax.devices()[0].platform == "cpu" else n_dev
     summary = {
         "run": run.short_hash(), "preset": run.preset, "steps": run.steps,
         "final_val_loss": val_loss, "final_val_ppl": math.exp(min(val_loss, 50.0)),
         "unigram_entropy": unigram_entropy(np.asarray(data.train.stream)),
         "tokens_seen": run.steps * run.tokens_per_step, "tokens_per_s": tokens_per_s,
-        "flops_per_token": fpt, "matmul_peak_flops": peak, "mfu": tokens_per_s * fpt / (peak * peak_devices),
+        "flops_per_token": fpt, "matmul_peak_flops": peak,
+        "mfu": mfu(tokens_per_s, cfg, run.seq_len, devices=n_dev),
         "train_seconds": prior_seconds + timed_seconds, "wall_seconds": time.perf_counter() - wall_start,
         "resumed_from": start or None, "corpus": data.corpus.source,
         "corpus_fingerprint": data.corpus.fingerprint,

@@ -38,11 +38,14 @@ if __name__ != "gemma_kernels":
     sys.modules[__name__] = _module  # the import statement returns what sys.modules holds after this
     _spec.loader.exec_module(_module)
 else:
+    from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference
     from gemma_kernels.masks import bidirectional_radius, visible
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
 
     __all__ = [
+        "ATTENTION_IMPLS",
+        "SCAN_IMPLS",
         "attention",
         "attention_reference",
         "bidirectional_radius",

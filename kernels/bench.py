@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemma_kernels._platform import resolve_interpret
 from gemma_kernels.attention import attention_reference
 from gemma_kernels.attention.pallas import attention_pallas
 from gemma_kernels.attention.xla import attention_xla
@@ -103,7 +104,7 @@ def attn_fn(impl: str, s: AttnShape) -> Callable:
     """A batched ``f(q, k, v)`` on ``[b, t, h, e]`` inputs."""
     opts = dict(window=s.window, causal=True)
     per_seq = {
-        "pallas": lambda q, k, v: attention_pallas(q, k, v, interpret=jax.default_backend() == "cpu", **opts),
+        "pallas": lambda q, k, v: attention_pallas(q, k, v, interpret=resolve_interpret(None), **opts),
         "xla": lambda q, k, v: attention_xla(q, k, v, **opts),
         "reference": lambda q, k, v: attention_reference(q, k, v, **opts),
     }
@@ -126,7 +127,7 @@ def attn_fn(impl: str, s: AttnShape) -> Callable:
 def scan_fn(impl: str) -> Callable:
     """A batched ``f(a, x) -> y`` on ``[b, t, r]`` inputs."""
     one = {
-        "pallas": lambda a, x: linear_scan_pallas(a, x, interpret=jax.default_backend() == "cpu")[0],
+        "pallas": lambda a, x: linear_scan_pallas(a, x, interpret=resolve_interpret(None))[0],
         "xla": lambda a, x: linear_scan_reference(a, x)[0],
         "assoc": lambda a, x: linear_scan_assoc(a, x)[0],
         "copy": lambda a, x: x + 0,  # the bandwidth ceiling: read x, write y

@@ -17,8 +17,6 @@ import numpy as np
 from experiments.embed.bm25 import BM25
 from experiments.embed.pairs import RetrievalTask
 
-KS = (1, 10)
-
 
 def metrics_from_ranking(ranked: np.ndarray, relevant: Sequence[frozenset[int]], k: int = 10
                          ) -> dict[str, float]:

@@ -27,7 +27,6 @@ import numpy as np
 from experiments.corpus import Corpus, _name_score, atomic_write_bytes, cache_root, default_corpus
 from experiments.embed.bm25 import BM25
 
-TASKS = ("code", "topic")
 HELDOUT_FRACTION = 0.15
 MAX_CHARS = 1500  # longer positives are cut; the token budget cuts them again
 _VERSION = 1  # bump when extraction changes (it keys the cache)
@@ -173,13 +172,6 @@ def bm25_negatives(pairs: Sequence[Pair], docs: Sequence[str], *, seed: int = 0,
     ranked = [index.top_k(p.query, depth) for p in pairs]
     return choose_negatives(ranked, pairs, docs, seed=seed)
 
-
-def model_negatives(query_emb: np.ndarray, doc_emb: np.ndarray, pairs: Sequence[Pair], docs: Sequence[str],
-                    *, seed: int = 0, depth: int = 8) -> np.ndarray:
-    """Hard negatives mined with the embedding model's own cosine scores (normalised embeddings)."""
-    scores = query_emb @ doc_emb.T
-    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
-    return choose_negatives(ranked, pairs, docs, seed=seed)
 
 
 def cached_bm25_negatives(pairs: Sequence[Pair], docs: Sequence[str], *, seed: int = 0, cache_dir=None

@@ -35,3 +35,15 @@ def test_attention_window_names_each_letter():
     assert cfg.attention_window("G") is None and cfg.attention_window("L") == cfg.window
     with pytest.raises(ValueError, match="'R'"):
         cfg.attention_window("R")
+
+
+def test_mfu_is_model_flops_over_the_measured_peak(monkeypatch):
+    from experiments import flops
+
+    monkeypatch.setattr(flops, "measure_matmul_peak", lambda dtype: {"float32": 1e9, "bfloat16": 2e9}[dtype])
+    cfg = arch.preset("tiny_gemma3", matmul_dtype="float32")
+    per_token = flops_per_token(cfg, 32)
+    assert flops.mfu(100.0, cfg, 32) == pytest.approx(100 * per_token / 1e9)
+    assert flops.mfu(100.0, cfg, 32, dtype="bfloat16") == pytest.approx(100 * per_token / 2e9)
+    # a CPU split into one device per core was measured whole: devices do not divide it again
+    assert flops.mfu(100.0, cfg, 32, devices=2) == flops.mfu(100.0, cfg, 32)
