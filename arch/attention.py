@@ -31,6 +31,13 @@ class KVCache(eqx.Module):
     pos: Int[Array, " s"]
 
 
+def cache_slots(positions, size: int, ring: bool):
+    """The slot each position is written to: ``position % size`` in a ring buffer (a local layer),
+    the position itself in a global layer's cache (a position past its end is dropped on write).
+    Works on JAX and NumPy arrays alike (:func:`arch.cache.slot_positions` uses it too)."""
+    return positions % size if ring else positions
+
+
 def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"], *,
                  q_pos: Int[Array, " t"], k_pos: Int[Array, " s"], window: int | None,
                  softcap: float | None, scale: float) -> Float[Array, "t h e"]:
@@ -137,7 +144,7 @@ class Attention(AbstractMixer):
         q, k, v = self._qkv(x, positions)
         size = cache.pos.shape[0]
         keep = min(t, size)  # only the newest `size` positions of the chunk survive in the buffer
-        slots = positions[-keep:] % size if self.window is not None else positions[-keep:]
+        slots = cache_slots(positions[-keep:], size, ring=self.window is not None)
         written = KVCache(
             k=cache.k.at[slots].set(k[-keep:].astype(cache.k.dtype), mode="drop"),
             v=cache.v.at[slots].set(v[-keep:].astype(cache.v.dtype), mode="drop"),

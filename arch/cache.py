@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.attention import KVCache
+from arch.attention import KVCache, cache_slots
 from arch.config import ModelConfig
 from arch.model import Cache
 from arch.params import abstract_model
@@ -39,12 +39,10 @@ def slot_positions(size: int, max_len: int, ctx: int) -> np.ndarray:
     newest position ``p < ctx`` with ``p % size == s`` (what :meth:`arch.attention.Attention.step`
     writes, whatever the chunking of the prefill).
     """
-    slots = np.arange(size)
-    if size == max_len:
-        pos = np.where(slots < ctx, slots, -1)
-    else:
-        pos = slots + size * ((ctx - 1 - slots) // size)
-    return np.where(pos >= 0, pos, -1).astype(np.int32)
+    survivors = np.arange(max(0, ctx - size), ctx)  # the newest `size` positions: distinct slots
+    pos = np.full(size, -1, np.int32)
+    pos[cache_slots(survivors, size, ring=size < max_len)] = survivors
+    return pos
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "dtype", "scale"))
