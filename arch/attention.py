@@ -19,7 +19,7 @@ from arch.mixer import AbstractMixer
 from arch.norms import RMSNorm
 from arch.rope import apply_rope
 from arch.typing import Hidden, Positions
-from gemma_kernels.attention.ref import masked_softmax_weights, softcap_logits
+from gemma_kernels import masked_softmax_weights, softcap_logits
 
 
 class KVCache(eqx.Module):

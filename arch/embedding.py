@@ -29,6 +29,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from arch.config import ModelConfig
 from arch.linear import Linear
 from arch.model import LM
+from arch.reconfigure import reconfigure
 from arch.typing import Tokens
 
 POOLINGS = ("mean", "first", "last", "attention")
@@ -151,7 +152,6 @@ def from_lm(lm: LM, *, key: PRNGKeyArray, dense_dims: tuple[int, ...] = (), pool
             normalize: bool = True) -> EmbeddingModel:
     """An ``EmbeddingModel`` whose trunk is ``lm``'s weights with bidirectional attention (Table 2,
     "decoder-only" initialisation); the pooler and projections are fresh (``key``)."""
-    from arch.reconfigure import reconfigure
 
     trunk = reconfigure(lm, causal=False) if lm.cfg.causal else lm
     # A one-layer trunk supplies the fresh head (the key split does not depend on the depth); the

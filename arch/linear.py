@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from gemma_kernels.layout import dot, dot_tn, physical_swap
+from gemma_kernels import dot, dot_tn, physical_swap
 
 MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MIN_ROWS = 16  # fewer rows than this (decoding) take XLA's matrix-vector path

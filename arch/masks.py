@@ -8,7 +8,7 @@ once for kernels, references, caches and tests alike.
 - bidirectional global layer: always.
 """
 
-from gemma_kernels.masks import bidirectional_radius, visible
+from gemma_kernels import bidirectional_radius, visible
 
 
 def kernel_window(window: int | None, causal: bool) -> int | None:

@@ -48,6 +48,7 @@ from arch.attention import KVCache
 from arch.cache import init_cache
 from arch.config import ModelConfig
 from arch.params import abstract_model
+from arch.presets import preset
 from arch.rglru import ConvState
 
 GB = 1e9
@@ -215,7 +216,6 @@ class Table3Convention:
         return ", ".join(parts + [f"block scale {self.block_scale} B", self.unit])
 
     def weights_gb(self, name: str, column: str) -> float:
-        from arch.presets import preset
 
         block = self.block_scale / 32 if column == "int4_block32" else 0.0  # scale bytes per weight
         per_param = _BITS[column] / 8 + block
@@ -288,7 +288,6 @@ def table3() -> list[dict]:
     increment to GB; ``kv_published`` is the printed increment; ``kv_tokens`` the context length at
     which every layer holding bf16 K/V would give the printed increment.
     """
-    from arch.presets import preset
 
     text, vision_bf16 = Table3Convention(), Table3Convention(vision="bf16")
     best = table3_closest()

@@ -6,11 +6,11 @@ import equinox as eqx
 import jax
 
 from arch.config import ModelConfig
+from arch.model import LM
 
 
 def abstract_model(cfg: ModelConfig):
     """The model's structure with ShapeDtypeStructs in place of arrays: nothing is allocated."""
-    from arch.model import LM
 
     return eqx.filter_eval_shape(LM, cfg, key=jax.random.key(0))
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import arch
+from arch.hf_layouts import config_to_hf
 from experiments import sharding as shd
 from experiments.flops import measure_matmul_peak, mfu
 from experiments.runconfig import RunConfig
@@ -92,7 +93,6 @@ def hf_model(cfg: arch.ModelConfig, attn: str):
     """The transformers ``*ForCausalLM`` with the same config, randomly initialised, f32."""
     import transformers
 
-    from arch.hf_layouts import config_to_hf
 
     hf = config_to_hf(cfg)
     model_type, arch_name = hf.pop("model_type"), hf.pop("architectures")[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.sweep import DEFAULT_OUT
+DEFAULT_OUT = Path("results")  # where sweeps write results/<sweep>/<run>/
 
 
 def _scalars(prefix: str, d: dict[str, Any]) -> dict[str, Any]:

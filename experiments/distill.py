@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, Int
 
-from experiments.losses import LOSSES, masked_mean, xent
+from experiments.xent import masked_mean, xent
 
 CHUNK = 128  # tokens per chunk: 128 x 8192 x 4 B = 4 MiB per distribution array
 DEFAULT_K = 256  # Gemma 3 section 2.2: 256 sampled logits per token
@@ -224,8 +224,18 @@ def distill_sampled(logits: Float[Array, "t v"], targets: Int[Array, " t"], mask
 
 DISTILL_LOSSES = {"distill": distill, "distill_kl": distill_kl, "distill_reverse_kl": distill_reverse_kl,
                   "distill_topk": distill_topk, "distill_sampled": distill_sampled}
-LOSSES.update(DISTILL_LOSSES)
 
 
 def needs_teacher(loss: str) -> bool:
     return loss in DISTILL_LOSSES
+
+
+def check_loss_and_teacher(loss: str, teacher: str | None) -> None:
+    """RunConfig validation: a distillation loss needs a teacher and a teacher needs one."""
+    if needs_teacher(loss) and teacher is None:
+        raise ValueError(f"RunConfig.loss={loss!r} distils: set RunConfig.teacher (a run directory, "
+                         f"'@<hash>' of a sibling run, a Hugging Face folder or precomputed samples)")
+    if teacher is not None and not needs_teacher(loss):
+        raise ValueError(f"RunConfig.teacher={teacher!r} with loss={loss!r}, which ignores it; use a "
+                         f"distillation loss (distill, distill_kl, distill_reverse_kl, distill_topk, "
+                         f"distill_sampled)")

@@ -16,6 +16,7 @@ import jax
 
 import arch
 from experiments.sampling import sample
+from experiments.train import load_trained
 
 
 def byte_encode(text: str, vocab_size: int) -> list[int]:
@@ -29,7 +30,6 @@ def byte_decode(ids) -> str:
 def load(args):
     """``(model, encode, decode, note)`` for the chosen source."""
     if args.checkpoint:
-        from experiments.train import load_trained  # lazily: the training stack is heavy
 
         model, tok, _ = load_trained(args.checkpoint)
         return model, tok.encode, tok.decode, f"trained run {args.checkpoint}"

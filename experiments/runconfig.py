@@ -15,6 +15,9 @@ import optax
 
 import arch
 from arch.config import ModelConfig
+from experiments.distill import check_loss_and_teacher
+from experiments.losses import get_loss
+from experiments.tokenizer import load_tokenizer
 
 
 def _freeze(value: Any) -> Any:
@@ -88,9 +91,6 @@ class RunConfig:
             pairs = dict((str(k), _freeze(v)) for k, v in getattr(self, name))
             object.__setattr__(self, name, tuple(sorted(pairs.items())))
         self.base_model_config()  # fail now, naming the field, rather than at the first step
-        from experiments.losses import get_loss
-        from experiments.teacher import check_loss_and_teacher
-
         get_loss(self.loss)  # an unknown loss fails here, listing the known ones
         check_loss_and_teacher(self.loss, self.teacher)
 
@@ -106,8 +106,6 @@ class RunConfig:
         """
         if vocab_size is None:
             if self.tokenizer is not None:
-                from experiments.tokenizer import load_tokenizer
-
                 vocab_size = load_tokenizer(self.tokenizer).vocab_size
             else:
                 vocab_size = self.vocab_size

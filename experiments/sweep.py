@@ -24,11 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from experiments import evaluate as evaluation
+from experiments import plots
+from experiments import train as training
+from experiments.collect import COLUMNS, DEFAULT_OUT, collect, table
 from experiments.corpus import atomic_write_bytes, write_json
 from experiments.runconfig import RunConfig
 
 SCALES = ("quick", "default", "full")
-DEFAULT_OUT = Path("results")
 README_FIGURES = Path(__file__).resolve().parents[1] / "figures"  # only --update-figures writes here
 
 
@@ -158,11 +163,8 @@ def status(run: Run, sweep_dir: Path) -> str:
 
 def execute(run: Run, sweep_dir: Path, *, progress: bool = True) -> dict:
     """Train (or reuse) the run's model, evaluate it, and return the finished summary."""
-    from experiments.evaluate import evaluate_run
-    from experiments.train import train
-
     base_dir = sweep_dir / run.config.short_hash()
-    summary = train(run.config, base_dir, progress=progress)
+    summary = training.train(run.config, base_dir, progress=progress)
     run_dir = sweep_dir / run.key
     if run.is_variant:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def execute(run: Run, sweep_dir: Path, *, progress: bool = True) -> dict:
         summary = {k: v for k, v in summary.items() if k not in ("evals",)}
     elif "evals" in summary:
         return summary
-    evals = evaluate_run(base_dir, overrides=dict(run.eval_overrides), seq_len=run.eval_seq_len,
+    evals = evaluation.evaluate_run(base_dir, overrides=dict(run.eval_overrides), seq_len=run.eval_seq_len,
                          quick=run.quick)
     summary = {**summary, "label": run.label, "tags": dict(run.tags), "evals": evals,
                "variant_of": run.config.short_hash() if run.is_variant else None}
@@ -221,8 +223,6 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
     result: dict[str, list[str]] = {"done": [], "failed": []}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(runs), desc=f"sweep {name}", unit="run", position=0)
     for r in runs:
         if bar is not None:
@@ -243,9 +243,6 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
         bar.close()
     sweep = get_sweep(name)
     if plot and sweep.plot is not None and result["done"]:
-        from experiments import plots
-        from experiments.collect import collect
-
         draw = getattr(plots, f"plot_{sweep.plot}")
         for path in draw(collect(name, out=out, scale=scale), Path(figures or figures_dir(out, scale)), name):
             print(f"figure: {path}")
@@ -255,8 +252,6 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
 def write_summary(name: str, scale: str, out: Path, folder: Path) -> Path:
     """``folder/<name>.csv``: the main figures of the finished runs, in the sweep's order (the README
     prints its table from it: ``python -m experiments.collect figures/<name>.csv``)."""
-    from experiments.collect import COLUMNS, collect
-
     order = {r.key: i for i, r in enumerate(expand(name, scale))}
     df = collect(name, out=out, scale=scale)
     df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
@@ -301,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     if not args.dry_run:
-        from experiments.collect import collect, table
-
         print(table(collect(args.name, out=args.out, scale=args.scale)))
         if args.update_figures:
             print(f"summary: {write_summary(args.name, args.scale, args.out, README_FIGURES)}")

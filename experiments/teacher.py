@@ -42,7 +42,9 @@ import numpy as np
 import arch
 from experiments import checkpoint
 from experiments.corpus import atomic_write_bytes
-from experiments.distill import DEFAULT_K, needs_teacher, sample_teacher
+from experiments.distill import DEFAULT_K, sample_teacher
+from experiments.tokenizer import load_tokenizer
+from experiments.trained import load_trained
 
 SAMPLED_META = "sampled.json"
 
@@ -104,7 +106,6 @@ def load_teacher_model(path: str | Path, tokenizer) -> tuple[eqx.Module, dict]:
     path = Path(path)
     kind = _kind(path)
     if kind == "run":
-        from experiments.trained import load_trained
 
         if not (path / "summary.json").exists():
             raise ValueError(f"teacher run {str(path)!r} has no summary.json: it is not trained yet. "
@@ -120,7 +121,6 @@ def load_teacher_model(path: str | Path, tokenizer) -> tuple[eqx.Module, dict]:
     elif kind == "hf":
         model = arch.from_hf(path)
         if (path / "tokenizer.model").exists():
-            from experiments.tokenizer import load_tokenizer
 
             fp = load_tokenizer(path / "tokenizer.model").fingerprint
             if fp != tokenizer.fingerprint:
@@ -154,17 +154,6 @@ def load_teacher(run, data, run_dir: str | Path | None = None) -> Teacher | None
     model, info = load_teacher_model(path, data.tokenizer)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     return Teacher(params, static, info)
-
-
-def check_loss_and_teacher(loss: str, teacher: str | None) -> None:
-    """RunConfig validation: a distillation loss needs a teacher and a teacher needs one."""
-    if needs_teacher(loss) and teacher is None:
-        raise ValueError(f"RunConfig.loss={loss!r} distils: set RunConfig.teacher (a run directory, "
-                         f"'@<hash>' of a sibling run, a Hugging Face folder or precomputed samples)")
-    if teacher is not None and not needs_teacher(loss):
-        raise ValueError(f"RunConfig.teacher={teacher!r} with loss={loss!r}, which ignores it; use a "
-                         f"distillation loss (distill, distill_kl, distill_reverse_kl, distill_topk, "
-                         f"distill_sampled)")
 
 
 # ------------------------------------------------------------------------- precomputed sampled targets

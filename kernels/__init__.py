@@ -40,6 +40,8 @@ if __name__ != "gemma_kernels":
 else:
     from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference
+    from gemma_kernels.attention.ref import masked_softmax_weights, softcap_logits
+    from gemma_kernels.layout import dot, dot_tn, physical_swap
     from gemma_kernels.masks import bidirectional_radius, visible
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
 
@@ -49,8 +51,13 @@ else:
         "attention",
         "attention_reference",
         "bidirectional_radius",
+        "dot",
+        "dot_tn",
         "linear_scan",
         "linear_scan_assoc",
         "linear_scan_reference",
+        "masked_softmax_weights",
+        "physical_swap",
+        "softcap_logits",
         "visible",
     ]

@@ -7,6 +7,7 @@ and ``recurrentgemma/common.py``; EmbeddingGemma config.json (report section 2.1
 """
 
 from arch.config import ModelConfig
+from arch.params import count_params
 
 _GEMMA2 = dict(
     vocab_size=256_128, pattern="LG", window=4096, attn_softcap=50.0, logit_softcap=30.0,
@@ -100,7 +101,6 @@ def printed_matches(printed: str, exact: int) -> bool:
 
 
 def table() -> str:
-    from arch.params import count_params
 
     head = (f"{'preset':<22}{'pattern':<8}{'layers':>7}{'L/G/R':>10}{'window':>8}"
             f"{'embedding':>16}{'non-embedding':>17}{'published':>16}  check")

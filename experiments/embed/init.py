@@ -23,7 +23,10 @@ import optax
 
 import arch
 from arch.embedding import EmbeddingModel, from_lm
+from experiments.corpus import load_corpus
+from experiments.data import prepare_data
 from experiments.runconfig import RunConfig
+from experiments.train import load_trained, train
 
 INITS = ("random", "decoder", "encoder")
 NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's span-corruption defaults
@@ -60,8 +63,6 @@ def denoising_loss(model: arch.LM, corrupted, original, mask) -> jax.Array:
 def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: int, lr: float, seed: int,
                   log=None) -> arch.LM:
     """The bidirectional denoising phase (see module docstring) on the default corpus' training split."""
-    from experiments.corpus import load_corpus
-    from experiments.data import prepare_data
 
     model = arch.reconfigure(lm, causal=False) if lm.cfg.causal else lm
     data = prepare_data(load_corpus(None), tokenizer, seq_len)
@@ -145,7 +146,6 @@ def _initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[Embe
         return EmbeddingModel(cfg, key=key, **head), {"init": "random"}
     if ec.init not in INITS:
         raise ValueError(f"init={ec.init!r}: must be one of {INITS}")
-    from experiments.train import load_trained, train
 
     run = lm_run(ec.preset, ec.overrides, vocab_size=ec.vocab_size, steps=ec.lm_steps, batch=ec.lm_batch,
                  seq_len=ec.lm_seq_len, lr=ec.lm_lr, seed=ec.init_seed)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from arch.embedding import format_document, format_query
 from experiments.corpus import Corpus, _name_score, atomic_write_bytes, cache_root, default_corpus
 from experiments.embed.bm25 import BM25
 
@@ -218,7 +219,6 @@ def _normalised(text: str, norm: str) -> str:
 
 def query_text(pair_or_query, task: str = "code", norm: str = "raw") -> str:
     """The query as the model sees it: normalised (``norm``), with the task prompt (section 2.2)."""
-    from arch.embedding import format_query
 
     q, task = (pair_or_query.query, pair_or_query.task) if isinstance(pair_or_query, Pair) \
         else (pair_or_query, task)
@@ -227,7 +227,6 @@ def query_text(pair_or_query, task: str = "code", norm: str = "raw") -> str:
 
 def document_text(text: str, norm: str = "raw") -> str:
     """The document as the model sees it: normalised (``norm``), with the title prompt (section 2.2)."""
-    from arch.embedding import format_document
 
     return format_document(_normalised(text, norm))
 

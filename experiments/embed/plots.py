@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.plots import _label, _save
+
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)
     "baselines (BM25, teacher, untrained floor)": ["BM25", "teacher", "untrained random", "untrained encoder",
@@ -86,7 +88,6 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
     ``embedding_dims.png`` and ``embedding_bits.png`` in ``figures``."""
     import matplotlib.pyplot as plt
 
-    from experiments.plots import _label, _save
 
     if df.empty or "label" not in df:
         raise ValueError(f"embedding plots: no finished runs to draw ({len(df)} rows)")

@@ -34,45 +34,31 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.embed.train import EmbedConfig
-from experiments.sweep import DEFAULT_OUT, Run, register, write_json
+from arch import quant
+from experiments.collect import collect
+from experiments.embed import teacher as teacher_mod
+from experiments.embed import train as tr
+from experiments.embed.config import BASES, EmbedConfig
+from experiments.embed.data import prepare
+from experiments.embed.evaluate import evaluate_bm25, evaluate_embeddings
+from experiments.embed.init import initial_model
+from experiments.embed.plots import plot_all, tables
+from experiments.embed.soup import soup
+from experiments.sweep import (
+    DEFAULT_OUT,
+    Run,
+    SweepFailed,
+    parse_shard,
+    register,
+    run_sweep,
+    status,
+    write_json,
+)
 
 SWEEP = "embedding"
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0"  # compile in ~3 s instead of ~11 s
 MIXTURES = {"mix1": ((("code", 0.9), ("topic", 0.1)), 0), "mix2": ((("code", 0.7), ("topic", 0.3)), 1),
             "mix3": ((("code", 1.0), ("topic", 0.0)), 2)}  # name -> (weights, seed)
-
-_TRUNK = dict(num_heads=2, num_kv_heads=1, pattern="LLLLLG")
-BASES: dict[str, EmbedConfig] = {
-    # seconds per run on 2 cores: CI and the notebook
-    "quick": EmbedConfig(
-        preset="tiny_embeddinggemma", vocab_size=512, overrides=tuple({
-            **_TRUNK, "num_layers": 2, "width": 32, "head_dim": 16, "mlp_width": 64, "window": 16}.items()),
-        dense_mult=2, mrl_dims=(32, 16, 8), q_len=64, p_len=64, max_train_pairs=512, eval_queries=48,
-        eval_docs=160, steps=25, batch=16, lr=3e-3, warmup=3, lm_steps=20, lm_batch=8, lm_seq_len=64,
-        adapt_steps=10, adapt_seq_len=64, teacher="none", log_every=5, init="encoder"),
-    # about 7 minutes per run on 2 cores (bf16 products); 1,000 steps: 600 only tie BM25 (0.515)
-    "default": EmbedConfig(
-        preset="small_embeddinggemma", vocab_size=8192, overrides=tuple({
-            **_TRUNK, "num_layers": 4, "width": 128, "head_dim": 64, "mlp_width": 512, "window": 64}.items()),
-        dense_mult=4, mrl_dims=(128, 64, 32, 16), q_len=32, p_len=64, eval_queries=400, eval_docs=1000,
-        steps=1000, batch=64, lr=3e-3, warmup=20, lm_steps=300, lm_batch=16, lm_seq_len=128,
-        adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=5.0, init="encoder",
-        embed_init="teacher", block_gain=0.1, matmul_dtype="bfloat16"),
-    # a GPU: the report's head shape at a larger trunk
-    "full": EmbedConfig(
-        preset="small_embeddinggemma", vocab_size=32768, overrides=tuple({
-            **_TRUNK, "num_layers": 12, "num_heads": 4, "width": 768, "head_dim": 128, "mlp_width": 2048,
-            "window": 256}.items()),
-        mrl_dims=(768, 512, 256, 128), q_len=32, p_len=256, eval_queries=None, eval_docs=None,
-        steps=5000, batch=128, lr=5e-4, warmup=250, lm_steps=20_000, lm_batch=64, lm_seq_len=512,
-        adapt_steps=2000, adapt_seq_len=512, w_distill=1.0, init="encoder"),
-}
-
-
-def config_for(scale: str, **kw) -> EmbedConfig:
-    return BASES[scale].replace(**kw)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EmbedRun(Run):
@@ -162,9 +148,6 @@ register(SWEEP, "EmbeddingGemma Tables 1-4, 6-8 (init, pooling, losses, MRL, sou
 
 def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = True) -> dict:
     """Run (or reuse) one point and return its summary."""
-    from experiments.embed import train as tr
-    from experiments.embed.data import prepare
-    from experiments.embed.evaluate import evaluate_bm25
 
     d = sweep_dir / r.key
     if (d / "summary.json").exists():
@@ -184,16 +167,13 @@ def execute(r: EmbedRun, sweep_dir: Path, *, lm_root: Path, progress: bool = Tru
     else:
         import jax
 
-        from arch import quant
 
         if r.kind == "untrained":
-            from experiments.embed.init import initial_model
 
             model, extra = initial_model(r.config, data.tokenizer, lm_root=lm_root,
                                          key=jax.random.key(r.config.init_seed),
                                          vocab_vectors=data.teacher_vocab)
         elif r.kind == "soup":
-            from experiments.embed.soup import soup
 
             dirs = [sweep_dir / c.short_hash() for c in r.ingredients]
             for c, cd in zip(r.ingredients, dirs):  # ingredients are listed before the soup; if not, train
@@ -218,8 +198,6 @@ def teacher_evals(ec: EmbedConfig, data) -> tuple[dict, dict]:
     """The teacher's held-out metrics on raw texts: projected on the distillation basis (what the
     student is trained to match, as ``evals`` at the student's width) and at its own width (the
     ceiling, as ``teacher_full_width``)."""
-    from experiments.embed import teacher as teacher_mod
-    from experiments.embed.evaluate import evaluate_embeddings
 
     if data.teacher_basis is None:
         raise ValueError(f"EmbedConfig.teacher={ec.teacher!r}: no teacher found to evaluate")
@@ -237,7 +215,6 @@ def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figu
                         workers: int = 1) -> dict[str, list[str]]:
     """Execute every point of the sweep at ``scale`` (or of one shard, or as ``workers`` one-core
     processes: :func:`run_workers`) into ``out/embedding/``; plots into ``figures``."""
-    from experiments.sweep import run_sweep
 
     if workers > 1 and not dry_run:
         result = run_workers(scale, Path(out), workers)
@@ -245,7 +222,6 @@ def run_embedding_sweep(scale: str = "default", *, out: Path = DEFAULT_OUT, figu
         result = run_sweep(SWEEP, scale=scale, out=Path(out), dry_run=dry_run, progress=progress, plot=False,
                            shard_spec=shard_spec)
     if figures is not None and result["done"]:
-        from experiments.embed.plots import plot_all
 
         for path in plot_all(collect_embedding(scale, out=out), Path(figures)):
             print(f"figure: {path}")
@@ -257,8 +233,6 @@ def prepare_shared(scale: str, out: Path) -> None:
     denoising-adapted encoder) once, so parallel workers never build it side by side."""
     import jax
 
-    from experiments.embed.data import prepare
-    from experiments.embed.init import initial_model
 
     b = BASES[scale]
     data = prepare(b)
@@ -282,7 +256,6 @@ def run_workers(scale: str, out: Path, workers: int) -> dict[str, list[str]]:
                                str(out), "--shard", f"{i}/{workers}", "--core", str(cores[i])], env=env)
              for i in range(workers)]
     crashed = any(p.wait() for p in procs)
-    from experiments.sweep import status
 
     points = runs(scale)
     done = [r.key for r in points if status(r, Path(out) / SWEEP) == "done"]
@@ -291,14 +264,12 @@ def run_workers(scale: str, out: Path, workers: int) -> dict[str, list[str]]:
 
 def collect_embedding(scale: str | None = None, *, out: Path = DEFAULT_OUT):
     """``experiments.collect.collect("embedding")`` restricted to finished runs of ``scale``."""
-    from experiments.collect import collect
 
     df = collect(SWEEP, out=out, scale=scale)
     return df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df
 
 
 def complete(scale: str, out: Path) -> bool:
-    from experiments.sweep import status
 
     return all(status(r, Path(out) / SWEEP) == "done" for r in runs(scale))
 
@@ -319,7 +290,6 @@ def ensure_embedding(scale: str | None = None):
         done = subprocess.run([sys.executable, "-m", "experiments.embed.sweep", "--scale", scale, "--out",
                                str(out), "--workers", str(workers)], env=env, capture_output=True, text=True)
         if done.returncode:
-            from experiments.sweep import SweepFailed
 
             raise SweepFailed(f"the {scale} embedding sweep failed (exit {done.returncode}); see "
                               f"error.json in {out / SWEEP}/<run>/\n{done.stdout[-3000:]}\n"
@@ -331,7 +301,6 @@ def ensure_embedding(scale: str | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.sweep import parse_shard
 
     p = argparse.ArgumentParser(prog="python -m experiments.embed.sweep", description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=tuple(BASES), default="default")
@@ -351,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     result = run_embedding_sweep(a.scale, out=a.out, figures=a.figures, dry_run=a.dry_run, shard_spec=a.shard,
                                  workers=a.workers)
     if not a.dry_run and a.core is None:
-        from experiments.embed.plots import tables
 
         for name, table in tables(collect_embedding(a.scale, out=a.out)).items():
             print(f"\n== {name}\n{table.to_string(float_format=lambda x: f'{x:.3f}')}")

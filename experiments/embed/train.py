@@ -12,12 +12,9 @@ deployed (weights quantized and dequantized when the run is quantization-aware).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -28,113 +25,12 @@ import arch
 from arch import quant
 from arch.embedding import EmbeddingModel
 from experiments.corpus import write_json
+from experiments.embed.config import EmbedConfig, config_for
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.losses import embedding_loss
-from experiments.embed.pairs import TEXT_NORMS
 from experiments.runconfig import decay_mask
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EmbedConfig:
-    """One embedding fine-tuning run. Frozen and JSON round-trippable; its hash names the run dir."""
-
-    # trunk (a preset + overrides, made bidirectional) and head
-    preset: str = "small_embeddinggemma"
-    overrides: tuple[tuple[str, Any], ...] = ()
-    vocab_size: int = 8192
-    matmul_dtype: str = "float32"
-    pooling: str = "mean"
-    dense_mult: int = 4  # projections d -> mult * d -> d (report: 768 -> 3072 -> 768); 0: none
-    mrl_dims: tuple[int, ...] = ()  # evaluated prefixes, largest first; () = full width only
-    mrl_train: bool = True  # the losses summed over the prefixes (MRL) or at full width only
-    # initialisation (Table 2)
-    init: str = "random"
-    lm_steps: int = 300
-    lm_batch: int = 16
-    lm_seq_len: int = 128
-    lm_lr: float = 3e-3
-    adapt_steps: int = 200
-    adapt_seq_len: int = 128
-    block_gain: float = 1.0  # post-norm gains of every block scaled by this at init (1: unchanged)
-    embed_init: str = "model"  # token table: the init's own ("model") or the teacher's ("teacher")
-    # data
-    mixture: tuple[tuple[str, float], ...] = (("code", 0.9), ("topic", 0.1))
-    hard_negatives: str = "bm25"  # "bm25" | "none"
-    text_norm: str = "code"  # "code": identifiers split and lower-cased (pairs.normalise_code) | "raw"
-    q_len: int = 32
-    p_len: int = 128
-    max_train_pairs: int | None = None
-    eval_queries: int | None = 400
-    eval_docs: int | None = 1000
-    # objective (eqs. 1-5)
-    tau: float = 0.05
-    alpha: float = 5.0
-    w_spread: float = 1.0
-    w_distill: float = 0.0
-    distill_kind: str = "l2"
-    distill_mrl: bool = False
-    teacher: str | None = "auto"
-    qat: str | None = None  # quantization-aware training scheme (arch.quant.SCHEMES)
-    # optimisation
-    steps: int = 300
-    batch: int = 32
-    lr: float = 1e-3
-    warmup: int = 30
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    seed: int = 0  # data order (and the mixture's identity when souping)
-    init_seed: int = 0  # the initial model (and its decoder): souped runs must share it
-    log_every: int = 25
-
-    def __post_init__(self):
-        for name in ("overrides", "mixture"):
-            object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in getattr(self, name))))
-        object.__setattr__(self, "mrl_dims", tuple(int(d) for d in self.mrl_dims))
-        if self.qat is not None and self.qat not in quant.SCHEMES:
-            raise ValueError(f"EmbedConfig.qat={self.qat!r}: must be None or one of {quant.SCHEMES}")
-        if not self.block_gain >= 0:
-            raise ValueError(f"EmbedConfig.block_gain={self.block_gain}: must be >= 0 (1: unchanged)")
-        if self.embed_init not in ("model", "teacher"):
-            raise ValueError(f"EmbedConfig.embed_init={self.embed_init!r}: 'model' or 'teacher'")
-        if self.text_norm not in TEXT_NORMS:
-            raise ValueError(f"EmbedConfig.text_norm={self.text_norm!r}: must be one of {TEXT_NORMS}")
-        if self.hard_negatives not in ("bm25", "none"):
-            raise ValueError(f"EmbedConfig.hard_negatives={self.hard_negatives!r}: 'bm25' or 'none'")
-        width = self.model_config(self.vocab_size).width
-        if any(not 1 <= d <= width for d in self.mrl_dims):
-            raise ValueError(f"EmbedConfig.mrl_dims={self.mrl_dims}: each must be in [1, {width}]")
-
-    def model_config(self, vocab_size: int) -> arch.ModelConfig:
-        return arch.preset(self.preset, **dict(self.overrides)).replace(
-            vocab_size=vocab_size, causal=False, matmul_dtype=self.matmul_dtype)
-
-    def dense_dims(self) -> tuple[int, ...]:
-        d = self.model_config(self.vocab_size).width
-        return (self.dense_mult * d, d) if self.dense_mult else ()
-
-    def dims(self) -> tuple[int, ...]:
-        return self.mrl_dims or (self.model_config(self.vocab_size).width,)
-
-    def replace(self, **kw) -> EmbedConfig:
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("overrides", "mixture"):
-            d[k] = [list(p) for p in d[k]]
-        d["mrl_dims"] = list(self.mrl_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmbedConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
-
-    def short_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
@@ -259,8 +155,6 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from experiments.embed.sweep import config_for
-
     p = argparse.ArgumentParser(prog="python -m experiments.embed.train", description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=("quick", "default", "full"), default="default")
     p.add_argument("--init", choices=("random", "decoder", "encoder"))

@@ -101,8 +101,8 @@ def test_token_table_from_teacher_vectors_and_alignment():
     import arch
     from arch.embedding import EmbeddingModel
     from experiments.embed import teacher
+    from experiments.embed.config import EmbedConfig
     from experiments.embed.init import with_token_table
-    from experiments.embed.train import EmbedConfig
 
     cfg = arch.preset("tiny_embeddinggemma", num_layers=1, pattern="G")
     m = EmbeddingModel(cfg, key=jax.random.key(0))
