@@ -20,7 +20,7 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	echo "$(EXTRAS)" > $@
 
 run: $(BIN)/.installed
-	$(BIN)/python -m experiments.sweep tradeoff --scale $(SCALE) $(if $(filter default,$(SCALE)),--update-figures)
+	$(BIN)/python -m experiments.sweeps tradeoff --scale $(SCALE) $(if $(filter default,$(SCALE)),--update-figures)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .

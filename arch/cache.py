@@ -63,7 +63,7 @@ def filled_cache(cfg: ModelConfig, ctx: int, max_len: int, *, dtype=jnp.float32,
     state random.
 
     A decode step's work does not depend on the values, so this times decoding at context ``ctx``
-    without paying for the prefill (``experiments.bench_decode``).
+    without paying for the prefill (``experiments.bench.decode``).
     """
     if not 0 <= ctx <= max_len:
         raise ValueError(f"filled_cache: ctx={ctx!r} must be in [0, max_len={max_len}]")

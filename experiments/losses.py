@@ -4,10 +4,11 @@ Every entry has the call shape ``loss(logits[t, v] f32, targets[t] int, mask[t] 
 and returns the MEAN over the masked positions of one sequence; the train step vmaps it over the batch
 and weights each sequence by its mask count, so the batch loss is a mean over tokens. Next-token
 cross-entropy (:mod:`experiments.xent`) and the distillation losses (Gemma 2 section 6.1, Gemma 3
-section 3; :mod:`experiments.distill`, the same shape plus a ``teacher_logits`` keyword) are listed here.
+section 3; :mod:`experiments.distill.losses`, the same shape plus a ``teacher_logits`` keyword) are
+listed here.
 """
 
-from experiments.distill import DISTILL_LOSSES
+from experiments.distill.losses import DISTILL_LOSSES
 from experiments.xent import LossFn, masked_mean, xent
 
 LOSSES: dict[str, LossFn] = {"xent": xent, **DISTILL_LOSSES}

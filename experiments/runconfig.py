@@ -15,9 +15,9 @@ import optax
 
 import arch
 from arch.config import ModelConfig
-from experiments.distill import check_loss_and_teacher
+from experiments.data.tokenizer import load_tokenizer
+from experiments.distill.losses import check_loss_and_teacher
 from experiments.losses import get_loss
-from experiments.tokenizer import load_tokenizer
 
 
 def _freeze(value: Any) -> Any:
@@ -62,7 +62,7 @@ class RunConfig:
     loss: str = "xent"  # a name in experiments.losses.LOSSES
     loss_kwargs: tuple[tuple[str, Any], ...] = ()
     # distillation: a trained run directory, "@<short hash>" (a run of the same sweep), a Hugging Face
-    # folder or precomputed samples (experiments.teacher); required by the distill* losses
+    # folder or precomputed samples (experiments.distill.teacher); required by the distill* losses
     teacher: str | None = None
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100

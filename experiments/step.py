@@ -16,9 +16,9 @@ import optax
 
 import arch
 from experiments import sharding as shd
+from experiments.distill.teacher import Teacher
 from experiments.losses import get_loss, xent
 from experiments.runconfig import RunConfig
-from experiments.teacher import Teacher
 
 
 def init_params(cfg: arch.ModelConfig, seed: int) -> tuple[Any, Any]:
@@ -28,7 +28,7 @@ def init_params(cfg: arch.ModelConfig, seed: int) -> tuple[Any, Any]:
 
 
 def batch_arrays(b) -> dict[str, np.ndarray]:
-    """The parts of an ``experiments.data.Batch`` the step reads."""
+    """The parts of an ``experiments.data.batches.Batch`` the step reads."""
     return {"inputs": b.inputs, "targets": b.targets, "segment_ids": b.segment_ids}
 
 

@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 import arch
 from experiments import checkpoint
 from experiments import sharding as shd
-from experiments.corpus import atomic_write_bytes, load_corpus, unigram_entropy, write_json
-from experiments.data import Data, prepare_data
+from experiments.data.batches import Data, prepare_data
+from experiments.data.corpus import load_corpus, unigram_entropy
+from experiments.data.io import atomic_write_bytes, write_json
+from experiments.data.tokenizer import get_tokenizer
+from experiments.distill.teacher import load_teacher
 from experiments.flops import flops_per_token, measure_matmul_peak, mfu
 from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
-from experiments.teacher import load_teacher
-from experiments.tokenizer import get_tokenizer
 from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     _prepare_dir(run, run_dir)
     wall_start = time.perf_counter()
     data = load_run_data(run)
-    teacher = load_teacher(run, data, run_dir)  # None without run.teacher (experiments.teacher)
+    teacher = load_teacher(run, data, run_dir)  # None without run.teacher (experiments.distill.teacher)
     cfg = run.model_config(data.tokenizer.vocab_size)
     optimizer = run.optimizer()
     params, static = init_params(cfg, run.seed)

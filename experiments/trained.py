@@ -15,9 +15,9 @@ import jax.numpy as jnp
 
 import arch
 from experiments import checkpoint
-from experiments.corpus import load_corpus
+from experiments.data.corpus import load_corpus
+from experiments.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 from experiments.runconfig import RunConfig
-from experiments.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 
 
 def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]:

@@ -13,7 +13,8 @@ import functools
 
 import numpy as np
 
-from experiments.corpus import default_corpus
+from experiments.data.corpus import default_corpus
+from experiments.data.tokenizer import get_tokenizer
 from experiments.embed import teacher as teacher_mod
 from experiments.embed.pairs import (
     Pair,
@@ -27,7 +28,6 @@ from experiments.embed.pairs import (
     text_id,
     tokenize_texts,
 )
-from experiments.tokenizer import get_tokenizer
 
 
 def _id32(text: str) -> int:

@@ -23,8 +23,8 @@ import optax
 
 import arch
 from arch.embedding import EmbeddingModel, from_lm
-from experiments.corpus import load_corpus
-from experiments.data import prepare_data
+from experiments.data.batches import prepare_data
+from experiments.data.corpus import load_corpus
 from experiments.runconfig import RunConfig
 from experiments.train import load_trained, train
 

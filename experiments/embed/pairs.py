@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from arch.embedding import format_document, format_query
-from experiments.corpus import Corpus, _name_score, atomic_write_bytes, cache_root, default_corpus
+from experiments.data.corpus import Corpus, _name_score, cache_root, default_corpus
+from experiments.data.io import atomic_write_bytes
 from experiments.embed.bm25 import BM25
 
 HELDOUT_FRACTION = 0.15

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.plots import _label, _save
+from experiments.sweeps.plots import _label, _save
 
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)

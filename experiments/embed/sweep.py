@@ -16,10 +16,10 @@ teacher's vectors of the vocabulary and every block starts near the identity), p
   mixed runs served quantized;
 - baselines: BM25 and the untrained models (the floor).
 
-The generic runner (``python -m experiments.sweep``) executes LM ``RunConfig``s only; the points are
+The generic runner (``python -m experiments.sweeps``) executes LM ``RunConfig``s only; the points are
 registered there (so ``expand``/``status``/``collect`` and ``--dry-run`` work) and executed here.
 Every point writes ``results/embedding/<key>/`` with ``config.json`` and ``summary.json`` (``label``,
-``tags``, ``evals``), so ``experiments.collect.collect("embedding")`` reads them.
+``tags``, ``evals``), so ``experiments.sweeps.collect.collect("embedding")`` reads them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from arch import quant
-from experiments.collect import collect
 from experiments.embed import teacher as teacher_mod
 from experiments.embed import train as tr
 from experiments.embed.config import BASES, EmbedConfig
@@ -44,7 +43,8 @@ from experiments.embed.evaluate import evaluate_bm25, evaluate_embeddings
 from experiments.embed.init import initial_model
 from experiments.embed.plots import plot_all, tables
 from experiments.embed.soup import soup
-from experiments.sweep import (
+from experiments.sweeps.collect import collect
+from experiments.sweeps.runner import (
     DEFAULT_OUT,
     Run,
     SweepFailed,
@@ -263,7 +263,7 @@ def run_workers(scale: str, out: Path, workers: int) -> dict[str, list[str]]:
 
 
 def collect_embedding(scale: str | None = None, *, out: Path = DEFAULT_OUT):
-    """``experiments.collect.collect("embedding")`` restricted to finished runs of ``scale``."""
+    """``experiments.sweeps.collect.collect("embedding")`` restricted to finished runs of ``scale``."""
 
     df = collect(SWEEP, out=out, scale=scale)
     return df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.corpus import cache_root
+from experiments.data.corpus import cache_root
 from experiments.embed.pairs import text_id
 
 ENV = "GEMMA_LAB_TEACHER"

@@ -24,7 +24,7 @@ import optax
 import arch
 from arch import quant
 from arch.embedding import EmbeddingModel
-from experiments.corpus import write_json
+from experiments.data.io import write_json
 from experiments.embed.config import EmbedConfig, config_for
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model

@@ -1,7 +1,7 @@
 """The train-throughput benchmark: the configuration it times and the ratios its table reports."""
 
 import arch
-from experiments.bench_train import FAMILIES, bench_run, table
+from experiments.bench.train import FAMILIES, bench_run, table
 
 
 def test_bench_config_is_the_one_compared_with_hugging_face():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.corpus import Corpus, Document, cache_root, load_corpus, unigram_entropy
+from experiments.data.corpus import Corpus, Document, cache_root, load_corpus, unigram_entropy
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from experiments.corpus import Corpus, Document
-from experiments.data import Batches, PackedSequences, prepare_data, token_stream, validation_set
-from experiments.tokenizer import get_tokenizer
+from experiments.data.batches import Batches, PackedSequences, prepare_data, token_stream, validation_set
+from experiments.data.corpus import Corpus, Document
+from experiments.data.tokenizer import get_tokenizer
 
 EOS = 1
 VOCAB = 300

@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import distill
-from experiments.losses import LOSSES, get_loss, xent
-from experiments.teacher import (
+from experiments.distill import losses as distill
+from experiments.distill.teacher import (
     SampledStore,
     load_teacher,
     load_teacher_model,
     precompute_sampled,
     run_sequences,
 )
+from experiments.losses import LOSSES, get_loss, xent
 from experiments.train import load_run_data, load_trained, train
 
 V, T = 32, 10
@@ -245,7 +245,7 @@ def test_hf_folder_teacher(trained, tmp_path):
 
 
 def test_sweeps_train_each_teacher_before_its_students():
-    from experiments.sweep import expand
+    from experiments.sweeps.runner import expand
 
     for name in ("distill", "teacher_size"):
         for scale in ("quick", "default", "full"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import arch
-from experiments.corpus import Corpus, Document
+from experiments.data.corpus import Corpus, Document
 from experiments.embed.bm25 import BM25, tokenize
 from experiments.embed.evaluate import metrics_from_ranking
 from experiments.embed.pairs import Pair, choose_negatives, code_pairs, retrieval_task, split, topic_pairs

@@ -5,14 +5,14 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from experiments.corpus import Corpus, Document
+from experiments.data.corpus import Corpus, Document
+from experiments.data.tokenizer import get_tokenizer
 from experiments.embed.data import EmbedData
 from experiments.embed.evaluate import evaluate_embeddings, evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.pairs import Pair, document_text, query_text, retrieval_task, tokenize_texts
 from experiments.embed.sweep import BASES
 from experiments.embed.train import fine_tune
-from experiments.tokenizer import get_tokenizer
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray").split()

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 
-from experiments.collect import collect
 from experiments.embed.sweep import BASES, EmbedRun, execute
 from experiments.embed.train import load_model, train_embedding
+from experiments.sweeps.collect import collect
 
 
 def test_quick_pipeline_end_to_end(tmp_path):

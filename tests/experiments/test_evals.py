@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import arch
-from experiments.corpus import Corpus, Document
-from experiments.data import Batch
-from experiments.evals import (
+from experiments.data.batches import Batch
+from experiments.data.corpus import Corpus, Document
+from experiments.data.tokenizer import get_tokenizer
+from experiments.eval.probes import expected_wins, make_filler, mid_ids
+from experiments.eval.suite import (
     default_buckets,
     digit_ids,
     loss_by_position,
@@ -20,8 +22,6 @@ from experiments.evals import (
     probe_distances,
     run_probes,
 )
-from experiments.probes import expected_wins, make_filler, mid_ids
-from experiments.tokenizer import get_tokenizer
 
 V = 256
 

@@ -1,4 +1,4 @@
-"""experiments.sampling: greedy equals the argmax of the full forward recomputed at every step;
+"""experiments.eval.sampling: greedy equals the argmax of the full forward recomputed at every step;
 top-k=1 and a tiny top-p reduce to greedy; stop tokens stop; sampling is deterministic per key."""
 
 import equinox as eqx
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import arch
-from experiments.sampling import filter_logits, sample
+from experiments.eval.sampling import filter_logits, sample
 
 PROMPT_LEN, NEW = 5, 12  # 17 tokens: the window-8 local layers wrap during decode
 

@@ -8,10 +8,10 @@ import sys
 import pandas as pd
 import pytest
 
-from experiments import sweep as sw
-from experiments.collect import collect, markdown, table
 from experiments.runconfig import RunConfig
-from experiments.sweep import SWEEPS, Run, expand, get_sweep, run_sweep, shard
+from experiments.sweeps import runner as sw
+from experiments.sweeps.collect import collect, markdown, table
+from experiments.sweeps.runner import SWEEPS, Run, expand, get_sweep, run_sweep, shard
 
 
 def test_every_sweep_expands_at_every_scale_without_duplicates():
@@ -128,12 +128,12 @@ class FakeTraining:
 
 @pytest.fixture
 def fake(monkeypatch):
-    import experiments.evaluate
+    import experiments.eval.run
     import experiments.train
 
     f = FakeTraining(fail={"RRG"})
     monkeypatch.setattr(experiments.train, "train", f.train)
-    monkeypatch.setattr(experiments.evaluate, "evaluate_run", f.evaluate)
+    monkeypatch.setattr(experiments.eval.run, "evaluate_run", f.evaluate)
     return f
 
 
@@ -201,7 +201,7 @@ def test_dry_run_lists_without_running(fake, tmp_path, capsys):
 def test_a_failed_run_fails_every_caller(fake, tmp_path, monkeypatch, capsys):
     """The CLI exits 1, raise_failures names the run and its error, and the notebooks' ensure_sweep
     raises instead of drawing from a table with a hole in it."""
-    from experiments import notebook
+    from experiments.sweeps import notebook
 
     assert sw.main(["tradeoff", "--scale", "default", "--out", str(tmp_path), "--no-plot"]) == 1
     assert "1 run(s) failed" in capsys.readouterr().err
@@ -217,8 +217,8 @@ def test_a_failed_run_fails_every_caller(fake, tmp_path, monkeypatch, capsys):
 def test_plots_and_tables_refuse_tables_without_finished_runs(tmp_path):
     import pandas as pd
 
-    from experiments import plots
     from experiments.embed import plots as embed_plots
+    from experiments.sweeps import plots
 
     failed = pd.DataFrame([{"run": "a", "label": "x", "status": "failed", "error": "ValueError: v"}])
     for draw in (plots.plot_tradeoff, plots.plot_ratio_window, plots.plot_bar, plots.plot_long_context,

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from experiments import tokenizer as tokmod
-from experiments.corpus import Corpus, Document
-from experiments.tokenizer import TokenizerSettings, get_tokenizer, load_tokenizer
+from experiments.data import tokenizer as tokmod
+from experiments.data.corpus import Corpus, Document
+from experiments.data.tokenizer import TokenizerSettings, get_tokenizer, load_tokenizer
 
 VOCAB = 300
 _WORDS = ["def", "return", "self", "value", "index", "for", "in", "range", "if", "else", "print", "data"]

@@ -107,7 +107,7 @@ def markdown(df: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m experiments.collect",
+    p = argparse.ArgumentParser(prog="python -m experiments.sweeps.collect",
                                 description="Print a sweep's summary CSV (e.g. figures/tradeoff.csv) as "
                                             "the README's Markdown table.")
     p.add_argument("csv", type=Path)

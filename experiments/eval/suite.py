@@ -1,7 +1,7 @@
 """Evaluations of a trained ``arch.LM``: the long-range probes that separate local, global and
 recurrent layers, run with settings scaled to the model's window and flattened for ``summary.json``.
 
-The probes themselves (``loss_by_position``, ``passkey``, ``mqar``) live in `experiments.probes` and
+The probes themselves (``loss_by_position``, ``passkey``, ``mqar``) live in `experiments.eval.probes` and
 take any batched ``logits_fn``; this module adapts a model to that interface and picks the settings.
 """
 
@@ -11,7 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.probes import (
+from experiments.eval.probes import (
     Accuracy,
     BucketedLoss,
     ByDistance,

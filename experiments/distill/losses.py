@@ -192,7 +192,7 @@ def distill_sampled(logits: Float[Array, "t v"], targets: Int[Array, " t"], mask
                     alpha: float = 1.0, chunk: int = CHUNK) -> Float[Array, ""]:
     """Gemma 3 section 2.2: cross-entropy against p_T kept at ``k`` sampled entries (zero elsewhere),
     renormalised over the drawn set. Either on the fly (``teacher_logits`` and a per-step ``key``) or
-    from precomputed samples (``teacher_indices``, ``teacher_probs``; see :mod:`experiments.teacher`),
+    from precomputed samples (``teacher_indices``, ``teacher_probs``; see :mod:`experiments.distill.teacher`),
     in which case ``tau`` applies to the student only (the samples were drawn at precompute time)."""
     name = "distill_sampled"
     if teacher_indices is not None:

@@ -1,6 +1,6 @@
 """Train-step throughput and MFU of our models, optionally against Hugging Face transformers on torch.
 
-``python -m experiments.bench_train [--preset P ...] [--vs-hf]`` times one full AdamW train step
+``python -m experiments.bench.train [--preset P ...] [--vs-hf]`` times one full AdamW train step
 (forward, backward, update) at B=8, T=512 for the small Gemma 3 (LLLLLG), Gemma 2 (LG, soft-caps) and
 RecurrentGemma (RRL) presets: vocab 8192, width 256, 6 layers, 4 heads, 1 KV head, head_dim 64, MLP
 1024, window 128. Ours runs in f32 and in bf16 (bf16 products forward and backward, f32 accumulation,
@@ -152,7 +152,7 @@ def time_interleaved(steppers: dict, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.bench.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", action="append", help="a preset (default: the three small families)")
     p.add_argument("--vs-hf", action="store_true", help="also time Hugging Face transformers (torch CPU)")
     p.add_argument("--batch", type=int, default=8)

@@ -1,7 +1,7 @@
 """Generate text from a preset (random weights) or a trained run.
 
-    python -m experiments.generate --preset small_gemma3 --prompt "def main(" --max-new-tokens 32
-    python -m experiments.generate --checkpoint results/<sweep>/<hash> --prompt "def " --temperature 0.8
+    python -m experiments.eval.generate --preset small_gemma3 --prompt "def main(" --max-new-tokens 32
+    python -m experiments.eval.generate --checkpoint results/<sweep>/<hash> --prompt "def " --temperature 0.8
 
 With ``--preset`` the model is randomly initialised and the prompt is encoded byte by byte (each
 UTF-8 byte mod the vocabulary): the output is noise, useful for checking the decode path and its
@@ -15,7 +15,7 @@ import time
 import jax
 
 import arch
-from experiments.sampling import sample
+from experiments.eval.sampling import sample
 from experiments.train import load_trained
 
 

@@ -22,8 +22,8 @@ quick (CI, notebooks): 1-2 layer models, a few steps, one student size and one h
 from __future__ import annotations
 
 from experiments.runconfig import RunConfig
-from experiments.sweep import Run, register
-from experiments.sweeps import base, run
+from experiments.sweeps.definitions import base, run
+from experiments.sweeps.runner import Run, register
 
 K = 256  # Gemma 3 section 2.2: 256 sampled logits per token; top-k uses the same budget
 

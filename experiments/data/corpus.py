@@ -107,22 +107,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "gemma-arch-lab"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic JSON (sorted keys; non-JSON values as strings): a reader sees the old file or the new one."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())
-
-
 def unigram_entropy(token_ids: Iterable[int] | np.ndarray) -> float:
     """Entropy in nats of the empirical unigram distribution: the loss of a model that ignores context.
 

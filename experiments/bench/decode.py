@@ -34,7 +34,7 @@ fused copy of the cache with the new token written) is the fastest there is. XLA
 told to use its memory-optimised scheduler (``CPU_FLAGS``), which here both saves memory and runs
 the step about twice as fast.
 
-    python -m experiments.bench_decode [--presets published|small|NAME[:PATTERN],...]
+    python -m experiments.bench.decode [--presets published|small|NAME[:PATTERN],...]
         [--contexts 1024,2048,...] [--rounds 8] [--dtype bfloat16|float32] [--out figures]
 """
 

@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, Int
 
 LogitsFn = Callable[[Int[np.ndarray, "b t"]], Float[Array, "b t v"]]
 
-RESERVED_IDS = 4  # pad, eos, bos, unk (experiments.tokenizer): never drawn as random filler or keys
+RESERVED_IDS = 4  # pad, eos, bos, unk (experiments.data.tokenizer): never drawn as random filler or keys
 _PASSKEY, _MQAR = 1, 2  # seed-stream tags: each probe draws from its own stream
 
 

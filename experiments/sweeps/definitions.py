@@ -18,7 +18,7 @@ import functools
 import arch
 from arch.config import ratio
 from experiments.runconfig import RunConfig
-from experiments.sweep import Run, register
+from experiments.sweeps.runner import Run, register
 
 # One base model per scale. quick: seconds per run (CI, notebooks; 6 layers and a subset of each sweep);
 # default: minutes per run on a 2-core CPU; full: a GPU/TPU at ~100M parameters. default and full use

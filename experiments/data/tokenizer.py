@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from experiments.corpus import VALIDATION_FRACTION, Corpus, atomic_write_bytes, cache_root
+from experiments.data.corpus import VALIDATION_FRACTION, Corpus, cache_root
+from experiments.data.io import atomic_write_bytes
 
 # Bump when the training recipe changes in a way the settings below do not capture.
 _RECIPE_VERSION = 1

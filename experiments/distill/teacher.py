@@ -41,9 +41,9 @@ import numpy as np
 
 import arch
 from experiments import checkpoint
-from experiments.corpus import atomic_write_bytes
-from experiments.distill import DEFAULT_K, sample_teacher
-from experiments.tokenizer import load_tokenizer
+from experiments.data.io import atomic_write_bytes
+from experiments.data.tokenizer import load_tokenizer
+from experiments.distill.losses import DEFAULT_K, sample_teacher
 from experiments.trained import load_trained
 
 SAMPLED_META = "sampled.json"
@@ -68,7 +68,8 @@ class Teacher:
 
 
 def batch_indices(batches, step: int) -> np.ndarray:
-    """The training-split sequence indices of ``batches(step)`` (see :class:`experiments.data.Batches`)."""
+    """The training-split sequence indices of ``batches(step)`` (see
+    :class:`experiments.data.batches.Batches`)."""
     epoch, k = divmod(step, batches.steps_per_epoch)
     b = batches.batch_size
     return batches.permutation(epoch)[k * b : (k + 1) * b]
@@ -194,7 +195,7 @@ def precompute_sampled(teacher_dir: str | Path, data, out_path: str | Path, k: i
                        sequences=None, tau: float = 1.0, seed: int = 0, shard_size: int = 64,
                        batch_size: int = 4) -> Path:
     """Gemma 3 section 2.2 offline: draw ``k`` teacher entries per token (Gumbel-top-k, as
-    :func:`experiments.distill.sample_teacher`) for the training sequences ``sequences`` of ``data``
+    :func:`experiments.distill.losses.sample_teacher`) for the training sequences ``sequences`` of ``data``
     (default all; :func:`run_sequences` gives one run's) and write them as ``.npy`` shards."""
     out = Path(out_path)
     out.mkdir(parents=True, exist_ok=True)

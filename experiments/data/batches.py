@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from experiments.corpus import VALIDATION_FRACTION, Corpus, atomic_write_bytes, cache_root
-from experiments.tokenizer import Tokenizer
+from experiments.data.corpus import VALIDATION_FRACTION, Corpus, cache_root
+from experiments.data.io import atomic_write_bytes
+from experiments.data.tokenizer import Tokenizer
 
 _ENCODE_CHUNK = 256  # documents per encode call: bounds the Python-int lists alive at once
 

@@ -1,6 +1,6 @@
 """Memory of weights and decode caches: every preset, Gemma 3 Table 3, Gemma 3 Figures 5 and 6.
 
-``python -m experiments.memory`` prints the tables and writes ``figures/kv_vs_context.png`` (Gemma 3
+``python -m experiments.bench.memory`` prints the tables and writes ``figures/kv_vs_context.png`` (Gemma 3
 Figure 6: cache memory against context length) and ``figures/kv_overhead.png`` (Figure 5: cache
 overhead at 32K as a share of the weights, across local:global ratios and windows).
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import arch
 from arch import memory
+from experiments.bench import table3
 
 CONTEXTS = (8_192, 32_768, 131_072)
 FIGURES = Path("figures")
@@ -141,7 +142,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-figures", action="store_true")
     args = parser.parse_args(argv)
     print(presets_table(), end="\n\n")
-    print(memory.format_table3(), end="\n\n")
+    print(table3.format_table3(), end="\n\n")
     print(figures_text())
     if not args.no_figures:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """What the notebooks call: results of a sweep as a DataFrame, running the quick sweep when missing.
 
 No model code lives in notebooks; they read ``collect(...)`` through :func:`ensure_sweep` and draw
-with :mod:`experiments.plots`.
+with :mod:`experiments.sweeps.plots`.
 
 Environment: ``GEMMA_LAB_SCALE`` (``auto`` by default: the default-scale results when a sweep has
 them all, else quick), ``GEMMA_LAB_RESULTS`` (default ``results``).
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.collect import collect
-from experiments.sweep import expand, raise_failures, run_sweep, status
-from experiments.sweep import figures_dir as sweep_figures_dir
+from experiments.sweeps.collect import collect
+from experiments.sweeps.runner import expand, raise_failures, run_sweep, status
+from experiments.sweeps.runner import figures_dir as sweep_figures_dir
 
 
 def results_dir() -> Path:
@@ -43,11 +43,11 @@ def choose_scale(sweep: str, scale: str | None = None) -> str:
 def ensure_sweep(sweep: str, scale: str | None = None) -> tuple[pd.DataFrame, str]:
     """``(DataFrame of finished runs, scale used)``; runs what is missing at that scale first.
 
-    Raises :class:`experiments.sweep.SweepFailed` when a run fails, and ValueError when no run of
+    Raises :class:`experiments.sweeps.runner.SweepFailed` when a run fails, and ValueError when no run of
     that scale finished: a notebook never draws from a partial or empty table."""
     scale = choose_scale(sweep, scale)
     if not complete(sweep, scale):
-        print(f"running `python -m experiments.sweep {sweep} --scale {scale}` (results missing)")
+        print(f"running `python -m experiments.sweeps {sweep} --scale {scale}` (results missing)")
         result = run_sweep(sweep, scale=scale, out=results_dir(), progress=False, plot=False)
         raise_failures(result, results_dir() / sweep)
     df = collect(sweep, out=results_dir(), scale=scale)
@@ -64,4 +64,4 @@ def repo_figure(name: str) -> Path:
 
 def header(sweep: str, df: pd.DataFrame, scale: str) -> str:
     return (f"{sweep}: {len(df)} finished runs at scale {scale!r}; "
-            f"rerun: python -m experiments.sweep {sweep} --scale default")
+            f"rerun: python -m experiments.sweeps {sweep} --scale default")

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 import arch
-from experiments import evals
-from experiments.corpus import load_corpus
-from experiments.data import prepare_data
+from experiments.data.batches import prepare_data
+from experiments.data.corpus import load_corpus
+from experiments.eval import suite as evals
 from experiments.train import load_trained
 
 CONTEXT_FOR_MEMORY = 32_768  # the reports compare caches at 32K (Gemma 3 Table 3, Figure 5)
@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str | Path, *, overrides: dict[str, Any] | None = None
                  quick: bool = False) -> dict[str, Any]:
     """Flat dict of metrics for the model trained in ``run_dir`` (optionally reconfigured):
     ``val_loss``/``val_ppl`` at ``seq_len`` (default: the training length), ``loss_pos_<lo>_<hi>``,
-    passkey and MQAR accuracies (:func:`experiments.evals.run_probes`), decode cache bytes at 32K,
+    passkey and MQAR accuracies (:func:`experiments.eval.suite.run_probes`), decode cache bytes at 32K,
     weight bytes and parameter counts."""
 
     model, tokenizer, run = load_trained(run_dir)

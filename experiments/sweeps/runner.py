@@ -1,6 +1,6 @@
 """Sweeps: named lists of runs, executed into ``results/<sweep>/<hash>/`` with skip and resume.
 
-    python -m experiments.sweep NAME [--scale quick|default|full] [--out DIR] [--shard i/n] [--dry-run]
+    python -m experiments.sweeps NAME [--scale quick|default|full] [--out DIR] [--shard i/n] [--dry-run]
 
 A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (appended while training) and
 ``summary.json`` (written last, atomically). A run with a ``summary.json`` that already holds its
@@ -26,12 +26,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from experiments import evaluate as evaluation
-from experiments import plots
 from experiments import train as training
-from experiments.collect import COLUMNS, DEFAULT_OUT, collect, table
-from experiments.corpus import atomic_write_bytes, write_json
+from experiments.data.io import atomic_write_bytes, write_json
+from experiments.eval import run as evaluation
 from experiments.runconfig import RunConfig
+from experiments.sweeps import plots
+from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, collect, table
 
 SCALES = ("quick", "default", "full")
 README_FIGURES = Path(__file__).resolve().parents[1] / "figures"  # only --update-figures writes here
@@ -76,7 +76,7 @@ class Sweep:
     name: str
     mirrors: str  # the report table or figure it reproduces
     runs: Callable[[str], list[Run]]  # scale -> runs
-    plot: str | None = None  # experiments.plots.plot_<plot>(DataFrame, figures dir, sweep name)
+    plot: str | None = None  # experiments.sweeps.plots.plot_<plot>(DataFrame, figures dir, sweep name)
 
 
 SWEEPS: dict[str, Sweep] = {}
@@ -92,7 +92,7 @@ def register(name: str, mirrors: str, plot: str | None = None):
     return wrap
 
 
-SWEEP_MODULES = ("experiments.sweeps", "experiments.sweeps_distill", "experiments.embed.sweep")
+SWEEP_MODULES = ("experiments.sweeps.definitions", "experiments.distill.sweeps", "experiments.embed.sweep")
 
 
 def load_sweeps() -> dict[str, Sweep]:
@@ -251,7 +251,7 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
 
 def write_summary(name: str, scale: str, out: Path, folder: Path) -> Path:
     """``folder/<name>.csv``: the main figures of the finished runs, in the sweep's order (the README
-    prints its table from it: ``python -m experiments.collect figures/<name>.csv``)."""
+    prints its table from it: ``python -m experiments.sweeps.collect figures/<name>.csv``)."""
     order = {r.key: i for i, r in enumerate(expand(name, scale))}
     df = collect(name, out=out, scale=scale)
     df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
@@ -301,8 +301,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"summary: {write_summary(args.name, args.scale, args.out, README_FIGURES)}")
     return 0
 
-
-if __name__ == "__main__":
-    from experiments.sweep import main as _main  # the registry lives in the module, not in __main__
-
-    sys.exit(_main())
