@@ -12,7 +12,9 @@ one process can bind a name to one module only. So:
 - where the project root itself is on ``sys.path`` (``python -m ...`` from the root puts it first),
   Python finds this folder when anything asks for ``kernels``. This file then hands that name to the
   installed distribution (transformers and sentence-transformers import as they would anywhere else),
-  or, with no distribution installed, raises an ImportError that names ``gemma_kernels``.
+  or, with no distribution installed, to an empty placeholder: no ``__file__`` or ``__version__``, so
+  transformers' availability check (which imports the name) reads "not installed", and any other
+  attribute raises an AttributeError that names ``gemma_kernels``.
 
 ``tests/test_import_names.py`` checks both directions in fresh processes.
 """
@@ -23,20 +25,26 @@ if __name__ != "gemma_kernels":
     import importlib.util
     import os
     import sys
+    import types
 
     _root = os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir))
     _path = [p for p in sys.path if os.path.realpath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec(__name__, _path)
     if _spec is None:
-        raise ImportError(
-            f"{__name__!r} is the Hugging Face distribution's name, and it is not installed; this "
-            f"folder ({os.path.dirname(__file__)}) is the package 'gemma_kernels': import that instead "
-            f"(after `pip install -e .` or `make`)",
-            name=__name__,
-        )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules[__name__] = _module  # the import statement returns what sys.modules holds after this
-    _spec.loader.exec_module(_module)
+        _module = types.ModuleType(__name__, "Placeholder: the Hugging Face `kernels` is not installed.")
+        _hint = (f"{__name__!r} is the Hugging Face distribution's name, and it is not installed; the "
+                 f"folder {os.path.dirname(__file__)} is the package 'gemma_kernels': import that instead "
+                 f"(after `pip install -e .` or `make`)")
+
+        def _missing(name: str, hint: str = _hint):
+            raise AttributeError(f"{name!r}: {hint}")
+
+        _module.__getattr__ = _missing
+        sys.modules[__name__] = _module  # the import statement returns what sys.modules holds after this
+    else:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules[__name__] = _module
+        _spec.loader.exec_module(_module)
 else:
     from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference

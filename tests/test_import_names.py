@@ -67,13 +67,18 @@ def test_transformers_imports_beside_our_packages(where, tmp_path):
     assert Path(out[1]) == ROOT / "kernels" / "__init__.py"
 
 
-def test_without_the_distribution_the_name_points_to_gemma_kernels():
-    """From the root, with no distribution to hand the name to, ``import kernels`` says what to do."""
+def test_without_the_distribution_the_name_is_an_empty_placeholder():
+    """From the root, with no distribution to hand the name to, ``kernels`` is a placeholder that
+    transformers' availability check (import, then look for ``__version__`` and ``__file__``) reads
+    as absent, and whose other attributes say to import gemma_kernels."""
     code = ("import sys; sys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n"
-            "import kernels")
+            "import kernels\n"
+            "assert getattr(kernels, '__version__', 'N/A') == 'N/A'\n"
+            "assert getattr(kernels, '__file__', None) is None\n"
+            "kernels.attention")
     done = _python(code, ROOT)
     assert done.returncode != 0
-    assert "ImportError" in done.stderr and "gemma_kernels" in done.stderr
+    assert "AttributeError" in done.stderr and "gemma_kernels" in done.stderr
 
 
 def test_every_package_folder_is_installed():
