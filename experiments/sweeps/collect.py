@@ -82,13 +82,17 @@ def table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     return view.to_string(index=False, float_format=lambda x: f"{x:,.3f}")
 
 
+def _mib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**20:.3f} MiB"
+
+
 # A sweep's summary CSV (``--update-figures`` writes it beside the README's figures) as the README's
 # table: column -> (header, format).
 MARKDOWN = {"label": ("run", str), "tag.pattern": ("pattern", lambda p: f"`{p}`"),
             "evals.val_ppl": ("val perplexity", "{:.2f}".format),
             "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format),
             "evals.mqar_mean": ("MQAR", "{:.3f}".format),
-            "evals.cache_bytes_32k": ("cache at 32K (bf16)", lambda b: f"{b / 2**20:.3g} MiB"),
+            "evals.cache_bytes_32k": ("cache at 32K (bf16)", lambda b: _mib(b)),
             "tokens_per_s": ("train tokens/s", "{:,.0f}".format)}
 
 
