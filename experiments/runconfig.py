@@ -10,7 +10,6 @@ import hashlib
 import json
 from typing import Any
 
-import jax
 import optax
 
 import arch
@@ -18,6 +17,7 @@ from arch.config import ModelConfig
 from experiments.data.tokenizer import load_tokenizer
 from experiments.distill.losses import check_loss_and_teacher
 from experiments.losses import get_loss
+from experiments.optim import adamw, warmup_cosine
 
 
 def _freeze(value: Any) -> Any:
@@ -25,6 +25,12 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     return value
+
+
+def short_hash(config: dict) -> str:
+    """A run's name: 10 hex chars of sha256 over its config's sorted JSON, the same in every process
+    and on every machine (language-model and embedding runs alike)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -129,8 +135,7 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def short_hash(self) -> str:
-        """10 hex chars of sha256 over the sorted JSON: the same in every process and machine."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+        return short_hash(self.to_dict())
 
     def with_model(self, **overrides) -> RunConfig:
         """A copy with more ModelConfig overrides (later ones win)."""
@@ -145,27 +150,9 @@ class RunConfig:
 
     def schedule(self) -> optax.Schedule:
         """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
-        warmup = min(self.warmup, self.steps - 1)  # a short run (--steps 10) still decays
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=self.lr, warmup_steps=warmup,
-            decay_steps=max(self.steps, warmup + 1), end_value=self.lr * self.min_lr_ratio)
+        return warmup_cosine(self.lr, self.steps, self.warmup, self.min_lr_ratio)
 
     def optimizer(self) -> optax.GradientTransformation:
-        """Global-norm clipping, then AdamW (Loshchilov & Hutter 2019) with decoupled weight decay
-        on matrices only: norm gains, biases and the RG-LRU's Lambda (1-D) and gate biases are
-        not decayed."""
-        return optax.chain(
-            optax.clip_by_global_norm(self.clip),
-            optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
-                        mask=decay_mask),
-        )
-
-
-def decay_mask(params: Any) -> Any:
-    """True for leaves that get weight decay: arrays of rank >= 2 whose path does not name a bias."""
-
-    def one(path, x) -> bool:
-        names = "/".join(str(getattr(k, "name", getattr(k, "key", k))) for k in path)
-        return getattr(x, "ndim", 0) >= 2 and "bias" not in names
-
-    return jax.tree_util.tree_map_with_path(one, params)
+        """:func:`experiments.optim.adamw` with this run's numbers (weight decay on matrices only)."""
+        return adamw(self.lr, self.steps, warmup=self.warmup, min_lr_ratio=self.min_lr_ratio,
+                     weight_decay=self.weight_decay, clip=self.clip, b1=self.b1, b2=self.b2)

@@ -4,13 +4,12 @@ shared by ``experiments.embed.train`` (one run) and ``experiments.embed.sweep`` 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any
 
 import arch
 from arch import quant
 from experiments.embed.pairs import TEXT_NORMS
+from experiments.runconfig import short_hash
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,8 +109,7 @@ class EmbedConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
     def short_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return short_hash(self.to_dict())
 
 
 

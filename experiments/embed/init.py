@@ -25,6 +25,7 @@ import arch
 from arch.embedding import EmbeddingModel, from_lm
 from experiments.data.batches import prepare_data
 from experiments.data.corpus import load_corpus
+from experiments.optim import adamw
 from experiments.runconfig import RunConfig
 from experiments.train import load_trained, train
 
@@ -68,8 +69,9 @@ def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: in
     data = prepare_data(load_corpus(None), tokenizer, seq_len)
     batches = data.batches(batch, seed + 1)
     sentinel = tokenizer.unk_id  # byte fallback: <unk> never occurs in real text, a free sentinel
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 10, 1), max(steps, 2), lr * 0.1)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.1))
+    # every parameter decayed (mask=None), as this phase has always trained
+    opt = adamw(lr, steps, warmup=max(steps // 10, 1), min_lr_ratio=0.1, weight_decay=0.1, clip=1.0,
+                mask=None)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     state = opt.init(params)
 

@@ -30,7 +30,7 @@ from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.losses import embedding_loss
-from experiments.runconfig import decay_mask
+from experiments.optim import adamw
 
 
 def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
@@ -65,10 +65,10 @@ def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
 
 
 def optimizer_for(ec: EmbedConfig) -> optax.GradientTransformation:
-    sched = optax.warmup_cosine_decay_schedule(0.0, ec.lr, min(ec.warmup, ec.steps - 1),
-                                               max(ec.steps, ec.warmup + 1), ec.lr * 0.1)
-    return optax.chain(optax.clip_by_global_norm(ec.clip),
-                       optax.adamw(sched, weight_decay=ec.weight_decay, mask=decay_mask))
+    """The common recipe (:func:`experiments.optim.adamw`), with AdamW's own b2 = 0.999 as this
+    recipe has always trained, and decay to 0.1 x ``lr``."""
+    return adamw(ec.lr, ec.steps, warmup=ec.warmup, min_lr_ratio=0.1, weight_decay=ec.weight_decay,
+                 clip=ec.clip)
 
 
 def fine_tune(ec: EmbedConfig, model: EmbeddingModel, data: EmbedData, *, log=None) -> EmbeddingModel:
