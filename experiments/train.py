@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import arch
-from experiments import checkpoint
+from experiments import REPO_ROOT, checkpoint
 from experiments import sharding as shd
 from experiments.data.batches import Data, prepare_data
 from experiments.data.corpus import load_corpus, unigram_entropy
@@ -40,7 +40,6 @@ from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
 from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
 
-REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_CALL = 10  # train steps per jitted call, at most (see train())
 
 
@@ -50,7 +49,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -308,7 +307,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
             overrides.append((key.strip(), parse_value(value.strip())))
         kw = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
         run = RunConfig(preset=a.preset or "small_gemma3", overrides=tuple(overrides), **kw)
-    out = Path(a.out) if a.out else REPO / "results" / "train" / run.short_hash()
+    out = Path(a.out) if a.out else REPO_ROOT / "results" / "train" / run.short_hash()
     if a.steps_per_call < 1:
         p.error(f"--steps-per-call {a.steps_per_call}: must be >= 1")
     return run, out, (a.data_parallel, a.fsdp), not a.no_progress, a.steps_per_call

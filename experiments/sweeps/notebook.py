@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.sweeps.collect import collect
-from experiments.sweeps.runner import expand, raise_failures, run_sweep, status
+from experiments.sweeps.runner import README_FIGURES, expand, raise_failures, run_sweep, status
 from experiments.sweeps.runner import figures_dir as sweep_figures_dir
 
 
@@ -59,7 +59,7 @@ def ensure_sweep(sweep: str, scale: str | None = None) -> tuple[pd.DataFrame, st
 
 def repo_figure(name: str) -> Path:
     """A figure the repository ships under ``figures/`` (made by the memory and decode scripts)."""
-    return Path(__file__).resolve().parents[1] / "figures" / name
+    return README_FIGURES / name
 
 
 def header(sweep: str, df: pd.DataFrame, scale: str) -> str:

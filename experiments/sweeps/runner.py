@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from experiments import REPO_ROOT
 from experiments import train as training
 from experiments.data.io import atomic_write_bytes, write_json
 from experiments.eval import run as evaluation
@@ -34,7 +35,7 @@ from experiments.sweeps import plots
 from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, collect, table
 
 SCALES = ("quick", "default", "full")
-README_FIGURES = Path(__file__).resolve().parents[1] / "figures"  # only --update-figures writes here
+README_FIGURES = REPO_ROOT / "figures"  # only --update-figures writes here
 
 
 class SweepFailed(RuntimeError):

@@ -253,3 +253,12 @@ def test_figures_go_under_results_unless_the_readme_ones_are_asked_for(fake, tmp
     text = markdown(summary)
     assert text.splitlines()[0].startswith("| run | pattern | val perplexity")
     assert "| `LLLLLG` |" in text and len(text.splitlines()) == len(summary) + 2
+
+
+def test_readme_figures_are_the_checkouts_figures_folder():
+    """--update-figures and the notebooks' repo_figure point at the figures the README shows."""
+    from experiments import REPO_ROOT
+    from experiments.sweeps import notebook
+
+    assert (REPO_ROOT / "README.md").exists() and sw.README_FIGURES == REPO_ROOT / "figures"
+    assert (sw.README_FIGURES / "tradeoff.png").exists() and notebook.repo_figure("tradeoff.png").exists()
