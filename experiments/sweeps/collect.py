@@ -8,6 +8,7 @@ Columns: ``run``, ``label``, ``status`` (done / trained / failed / partial), ``e
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ MARKDOWN = {"label": ("run", str), "tag.pattern": ("pattern", lambda p: f"`{p}`"
             "evals.val_ppl": ("val perplexity", "{:.2f}".format),
             "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format),
             "evals.mqar_mean": ("MQAR", "{:.3f}".format),
-            "evals.cache_bytes_32k": ("cache at 32K (bf16)", lambda b: _mib(b)),
+            "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib),
             "tokens_per_s": ("train tokens/s", "{:,.0f}".format)}
 
 
@@ -109,8 +110,6 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m experiments.sweeps.collect",
                                 description="Print a sweep's summary CSV (e.g. figures/tradeoff.csv) as "
                                             "the README's Markdown table.")
