@@ -22,6 +22,7 @@ quick (CI, notebooks): 1-2 layer models, a few steps, one student size and one h
 from __future__ import annotations
 
 from experiments.runconfig import RunConfig
+from experiments.sweeps import plots
 from experiments.sweeps.definitions import base, run
 from experiments.sweeps.runner import Run, register
 
@@ -76,7 +77,7 @@ def _teacher_run(scale: str, name: str, cfg: RunConfig, **tags) -> Run:
                                                     *tags.items()))
 
 
-@register("distill", "Gemma 2 Table 7 (student size x next-token vs distillation)", plot="distill")
+@register("distill", "Gemma 2 Table 7 (student size x next-token vs distillation)", plot=plots.plot_distill)
 def distill_sweep(scale: str) -> list[Run]:
     s = SCHEDULE[scale]
     teacher = shaped(scale, "T", s["teacher_steps"])
@@ -89,7 +90,7 @@ def distill_sweep(scale: str) -> list[Run]:
 
 
 @register("teacher_size", "Gemma 3 Fig. 8 (small vs large teacher over training tokens)",
-          plot="teacher_size")
+          plot=plots.plot_teacher_size)
 def teacher_size(scale: str) -> list[Run]:
     s = SCHEDULE[scale]
     tokens_per_step = s["batch"] * s["seq_len"]

@@ -1,8 +1,9 @@
 """Tables and figures of the ``embedding`` sweep, from ``collect("embedding")`` only.
 
-``tables(df)`` returns the report-table analogues as DataFrames; ``plot_all(df, figures)`` draws
-every point against BM25, quality vs Matryoshka dimension (Tables 6-8) and quality vs bits per weight
-(Table 1).
+``tables(df)`` returns the report-table analogues as DataFrames and ``report(df)`` prints them as
+text (what ``python -m experiments.sweeps embedding`` shows after a run); ``plot_all(df, figures,
+name)`` draws every point against BM25, quality vs Matryoshka dimension (Tables 6-8) and quality vs
+bits per weight (Table 1). The sweep registers both; they read the finished runs of ``df`` only.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
-from experiments.sweeps.plots import _label, _save
+from experiments.sweeps.plots import label_axes, save_figure
 
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)
@@ -73,24 +75,33 @@ def dimension_table(df: pd.DataFrame, labels: list[str] | None = None, metric: s
     return out.dropna(axis=0, how="all", subset=list(cols.values()))
 
 
+def _finished(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The finished runs of ``df``; a ValueError naming ``what`` when there are none."""
+    done = df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df
+    if done.empty or "label" not in done:
+        raise ValueError(f"embedding {what}: no finished runs ({len(df)} rows)")
+    return done
+
+
 def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The report's tables from finished runs; a ValueError when there are none."""
-    if df.empty or "label" not in df:
-        raise ValueError(f"embedding tables: no finished runs ({len(df)} rows)")
+    """The report's tables from the finished runs of ``df``; a ValueError when there are none."""
+    df = _finished(df, "tables")
     out = {name: summary_table(df, labels) for name, labels in TABLES.items()}
     out["Tables 6-8: code nDCG@10 by Matryoshka dimension"] = dimension_table(
         df, [x for x in df["label"] if not x.startswith("BM25")])
     return {k: v for k, v in out.items() if not v.empty}
 
 
-def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
-    """``embedding_ablations.png`` (every point's held-out code nDCG@10 against BM25),
-    ``embedding_dims.png`` and ``embedding_bits.png`` in ``figures``."""
-    import matplotlib.pyplot as plt
+def report(df: pd.DataFrame) -> str:
+    """:func:`tables` as plain text, one titled block per table."""
+    return "\n".join(f"\n== {name}\n{table.to_string(float_format=lambda x: f'{x:.3f}')}"
+                     for name, table in tables(df).items())
 
 
-    if df.empty or "label" not in df:
-        raise ValueError(f"embedding plots: no finished runs to draw ({len(df)} rows)")
+def plot_all(df: pd.DataFrame, figures: Path, name: str = "embedding") -> list[Path]:
+    """``<name>_ablations.png`` (every point's held-out code nDCG@10 against BM25), ``<name>_dims.png``
+    and ``<name>_bits.png`` in ``figures``, from the finished runs of ``df``."""
+    df = _finished(df, "plots")
     figures = Path(figures)
     paths = []
     bm25 = df[df["label"] == "BM25"]
@@ -107,9 +118,9 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
         ax.set_yticks(list(y), rows["label"], fontsize=8)
         if bm25_score is not None:
             ax.axvline(bm25_score, color="k", ls="--", lw=1, label=f"BM25 {bm25_score:.3f}")
-        _label(ax, "held-out code nDCG@10 (full dimension)", "",
-               "Every ablation against BM25 (base green, teacher red)")
-        paths.append(_save(fig, figures / "embedding_ablations.png"))
+        label_axes(ax, "held-out code nDCG@10 (full dimension)", "",
+                   "Every ablation against BM25 (base green, teacher red)")
+        paths.append(save_figure(fig, figures / f"{name}_ablations.png"))
 
     ds = dims(df)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -119,11 +130,11 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
             ax.plot(ds, [row.iloc[0][f"evals.code.d{d}.ndcg@10"] for d in ds], marker="o", label=label)
     if bm25_score is not None:
         ax.axhline(bm25_score, color="k", ls="--", label="BM25")
-    _label(ax, "embedding dimension (Matryoshka prefix)", "held-out code nDCG@10",
-           "Quality vs dimension (EmbeddingGemma Tables 6-8)", xscale="log")
+    label_axes(ax, "embedding dimension (Matryoshka prefix)", "held-out code nDCG@10",
+               "Quality vs dimension (EmbeddingGemma Tables 6-8)", xscale="log")
     ax.set_xticks(ds, [str(d) for d in ds])
     ax.minorticks_off()  # the log axis' own minor labels would overlap the prefixes
-    paths.append(_save(fig, figures / "embedding_dims.png"))
+    paths.append(save_figure(fig, figures / f"{name}_dims.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     q = summary_table(df, TABLES["Table 1: quantization"])
@@ -136,8 +147,8 @@ def plot_all(df: pd.DataFrame, figures: Path) -> list[Path]:
                         xytext=(3, 3), textcoords="offset points")
     if bm25_score is not None:  # the scale of the differences: what a lexical baseline scores
         ax.axhline(bm25_score, color="k", ls="--", lw=1, label="BM25")
-    _label(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",
-           "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)",
-           legend=8 if bm25_score is not None else None)
-    paths.append(_save(fig, figures / "embedding_bits.png"))
+    label_axes(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",
+               "Quality vs bits (EmbeddingGemma Table 1; squares: QAT)",
+               legend=8 if bm25_score is not None else None)
+    paths.append(save_figure(fig, figures / f"{name}_bits.png"))
     return paths

@@ -18,6 +18,7 @@ import functools
 import arch
 from arch.config import ratio
 from experiments.runconfig import RunConfig
+from experiments.sweeps import plots
 from experiments.sweeps.runner import Run, register
 
 # One base model per scale. quick: seconds per run (CI, notebooks; 6 layers and a subset of each sweep);
@@ -97,7 +98,7 @@ def with_pattern(config: RunConfig, pattern: str) -> RunConfig:
     return config.with_model(pattern=pattern, lru_width=width, lru_gate_blocks=cfg.num_heads)
 
 
-@register("tradeoff", "memory/quality trade-off (Gemma 3 Fig. 5-6, RecurrentGemma)", plot="tradeoff")
+@register("tradeoff", "memory/quality trade-off (Gemma 3 Fig. 5-6, RecurrentGemma)", plot=plots.plot_tradeoff)
 def tradeoff(scale: str) -> list[Run]:
     items = TRADEOFF if scale != "quick" else [TRADEOFF[i] for i in (0, 3, 6)]
     return [run(scale, label, with_pattern(base(scale), p), tags=(("pattern", p),)) for label, p in items]
@@ -113,19 +114,19 @@ def _ratio_window(scale: str, ratios, windows) -> list[Run]:
     return out
 
 
-@register("ratio", "Gemma 3 Fig. 3 (local:global ratio)", plot="ratio_window")
+@register("ratio", "Gemma 3 Fig. 3 (local:global ratio)", plot=plots.plot_ratio_window)
 def ratio_sweep(scale: str) -> list[Run]:
     return _ratio_window(scale, (1, 3) if scale == "quick" else (1, 3, 5, 7), (window_of(scale),))
 
 
-@register("window", "Gemma 3 Fig. 4 (sliding-window size) x ratio", plot="ratio_window")
+@register("window", "Gemma 3 Fig. 4 (sliding-window size) x ratio", plot=plots.plot_ratio_window)
 def window_sweep(scale: str) -> list[Run]:
     w = window_of(scale)
     windows = (w // 2, w) if scale == "quick" else (w // 4, w // 2, w, 2 * w)
     return _ratio_window(scale, (1, 3) if scale == "quick" else (1, 3, 5), windows)
 
 
-@register("inference_window", "Gemma 2 Table 10 (window at inference only)", plot="bar")
+@register("inference_window", "Gemma 2 Table 10 (window at inference only)", plot=plots.plot_bar)
 def inference_window(scale: str) -> list[Run]:
     w = window_of(scale)
     trained = base(scale).with_model(pattern=ratio(L=1, G=1), window=w)
@@ -138,7 +139,7 @@ def inference_window(scale: str) -> list[Run]:
     return runs
 
 
-@register("gqa", "Gemma 2 Table 8 (MHA vs GQA vs MQA)", plot="bar")
+@register("gqa", "Gemma 2 Table 8 (MHA vs GQA vs MQA)", plot=plots.plot_bar)
 def gqa(scale: str) -> list[Run]:
     heads = 4
     b = base(scale).with_model(num_heads=heads, head_dim=dict(base(scale).overrides)["head_dim"] // 2)
@@ -147,7 +148,7 @@ def gqa(scale: str) -> list[Run]:
             for name, kv in (items if scale != "quick" else items[::2])]
 
 
-@register("depth_width", "Gemma 2 Table 9 (deep vs wide, equal parameters)", plot="bar")
+@register("depth_width", "Gemma 2 Table 9 (deep vs wide, equal parameters)", plot=plots.plot_bar)
 def depth_width(scale: str) -> list[Run]:
     o = dict(base(scale).overrides)
     deep = base(scale).with_model(num_layers=o["num_layers"])
@@ -159,7 +160,7 @@ def depth_width(scale: str) -> list[Run]:
             run(scale, "wide", wide, tags=(("shape", "wide"),))]
 
 
-@register("softcap_vs_qknorm", "Gemma 2 soft-caps vs Gemma 3 QK-norm", plot="bar")
+@register("softcap_vs_qknorm", "Gemma 2 soft-caps vs Gemma 3 QK-norm", plot=plots.plot_bar)
 def softcap_vs_qknorm(scale: str) -> list[Run]:
     b = base(scale)
     variants = [
@@ -173,7 +174,7 @@ def softcap_vs_qknorm(scale: str) -> list[Run]:
 
 
 @register("long_context", "Gemma 3 section 5.3 (RoPE base, rescaling, length generalisation)",
-          plot="long_context")
+          plot=plots.plot_long_context)
 def long_context(scale: str) -> list[Run]:
     b = base(scale)
     t = b.seq_len

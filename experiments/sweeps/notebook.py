@@ -40,15 +40,17 @@ def choose_scale(sweep: str, scale: str | None = None) -> str:
     return next((s for s in ("full", "default") if complete(sweep, s)), "quick")
 
 
-def ensure_sweep(sweep: str, scale: str | None = None) -> tuple[pd.DataFrame, str]:
-    """``(DataFrame of finished runs, scale used)``; runs what is missing at that scale first.
+def ensure_sweep(sweep: str, scale: str | None = None, workers: int = 1) -> tuple[pd.DataFrame, str]:
+    """``(DataFrame of finished runs, scale used)``; runs what is missing at that scale first, as
+    ``workers`` one-core processes when more than one (see :func:`experiments.sweeps.runner.run_sweep`).
 
     Raises :class:`experiments.sweeps.runner.SweepFailed` when a run fails, and ValueError when no run of
     that scale finished: a notebook never draws from a partial or empty table."""
     scale = choose_scale(sweep, scale)
     if not complete(sweep, scale):
-        print(f"running `python -m experiments.sweeps {sweep} --scale {scale}` (results missing)")
-        result = run_sweep(sweep, scale=scale, out=results_dir(), progress=False, plot=False)
+        more = f" --workers {workers}" if workers > 1 else ""
+        print(f"running `python -m experiments.sweeps {sweep} --scale {scale}{more}` (results missing)")
+        result = run_sweep(sweep, scale=scale, out=results_dir(), progress=False, plot=False, workers=workers)
         raise_failures(result, results_dir() / sweep)
     df = collect(sweep, out=results_dir(), scale=scale)
     df = df[df["status"] == "done"].reset_index(drop=True) if "status" in df else df

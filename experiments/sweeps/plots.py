@@ -7,6 +7,10 @@
 - ``plot_long_context``: loss by position beyond the training length (Gemma 3 section 5.3).
 - ``plot_distill``: student perplexity vs size, next-token vs distillation (Gemma 2 Table 7).
 - ``plot_teacher_size``: small vs large teacher over training tokens (Gemma 3 Figure 8).
+
+Each has the signature a sweep registers as its ``plot``: ``(DataFrame, figures folder, sweep name) ->
+list of PNG paths``. ``label_axes`` and ``save_figure`` are shared with the other plot modules
+(``experiments.embed.plots``), so every figure looks and is saved alike.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
     return sorted(pairs)
 
 
-def _label(ax, x: str, y: str, title: str, *, xscale: str | None = None, legend: int | None = 8,
-           ncol: int = 1) -> None:
+def label_axes(ax, x: str, y: str, title: str, *, xscale: str | None = None, legend: int | None = 8,
+               ncol: int = 1) -> None:
     """Axis labels, title, optional log x-axis, legend (font size; None: no legend) and a light grid."""
     if xscale:
         ax.set_xscale(xscale)
@@ -57,7 +61,8 @@ def _label(ax, x: str, y: str, title: str, *, xscale: str | None = None, legend:
     ax.grid(alpha=0.3)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Save ``fig`` as ``path`` (folders made, tight layout, 120 dpi), close it, return ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -72,9 +77,9 @@ def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> li
     ax.scatter(mib, df["evals.val_ppl"], s=40)
     for x, y, label in zip(mib, df["evals.val_ppl"], df["label"]):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    _label(ax, "decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)", "validation perplexity",
-           "Memory / quality trade-off of Gemma-family layer patterns", xscale="log", legend=None)
-    paths = [_save(fig, Path(figures) / f"{name}.png")]
+    label_axes(ax, "decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)", "validation perplexity",
+               "Memory / quality trade-off of Gemma-family layer patterns", xscale="log", legend=None)
+    paths = [save_figure(fig, Path(figures) / f"{name}.png")]
     paths += plot_loss_by_position(df, figures, name)
     paths += plot_probes(df, figures, name)
     return paths
@@ -94,9 +99,9 @@ def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Pa
         return []
     if "evals.window" in df and df["evals.window"].notna().any():
         ax.axvline(float(df["evals.window"].dropna().iloc[0]), color="grey", ls="--", lw=1, label="window")
-    _label(ax, "token position (start of bucket)", "validation loss (nats)", "Loss by position", legend=7,
-           ncol=2)
-    return [_save(fig, Path(figures) / f"{name}_loss_by_position.png")]
+    label_axes(ax, "token position (start of bucket)", "validation loss (nats)", "Loss by position",
+               legend=7, ncol=2)
+    return [save_figure(fig, Path(figures) / f"{name}_loss_by_position.png")]
 
 
 def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
@@ -110,12 +115,12 @@ def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
                 ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
                 drawn = True
         ax.set_ylim(-0.02, 1.02)
-        _label(ax, "distance (tokens)", "accuracy", title, legend=None)
+        label_axes(ax, "distance (tokens)", "accuracy", title, legend=None)
     if not drawn:
         plt.close(fig)
         return []
     axes[1].legend(fontsize=7)
-    return [_save(fig, Path(figures) / f"{name}_probes.png")]
+    return [save_figure(fig, Path(figures) / f"{name}_probes.png")]
 
 
 def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window") -> list[Path]:
@@ -133,7 +138,7 @@ def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window
     ax.set_ylabel("local:global")
     ax.set_title("Validation perplexity")
     fig.colorbar(im, ax=ax)
-    return [_save(fig, Path(figures) / f"{name}.png")]
+    return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 
 def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "evals.val_ppl") -> list[Path]:
@@ -145,7 +150,7 @@ def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "
     ax.set_ylabel(metric.removeprefix("evals."))
     ax.tick_params(axis="x", rotation=20)
     ax.grid(alpha=0.3, axis="y")
-    return [_save(fig, Path(figures) / f"{name}.png")]
+    return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 
 def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context") -> list[Path]:
@@ -159,9 +164,9 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
     train_len = df["run.seq_len"].dropna().iloc[0] if "run.seq_len" in df else None
     if train_len is not None:
         ax.axvline(float(train_len), color="grey", ls="--", lw=1, label="training length")
-    _label(ax, "token position (start of bucket)", "validation loss (nats)",
-           "Beyond the training length: RoPE base and rescaling", legend=7)
-    return [_save(fig, Path(figures) / f"{name}.png")]
+    label_axes(ax, "token position (start of bucket)", "validation loss (nats)",
+               "Beyond the training length: RoPE base and rescaling", legend=7)
+    return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 
 def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
@@ -176,9 +181,9 @@ def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list
     for _, row in teachers.iterrows():
         ax.axhline(row["evals.val_ppl"], color="grey", ls="--", lw=1,
                    label=f"{row['label']} ({row['evals.params_non_embedding'] / 1e6:.2f}M)")
-    _label(ax, "student non-embedding parameters (log scale)", "validation perplexity",
-           "Next-token training vs distillation at equal student tokens", xscale="log")
-    return [_save(fig, Path(figures) / f"{name}.png")]
+    label_axes(ax, "student non-embedding parameters (log scale)", "validation perplexity",
+               "Next-token training vs distillation at equal student tokens", xscale="log")
+    return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 
 def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size") -> list[Path]:
@@ -199,13 +204,13 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
         curves[who] = part.set_index("tag.tokens")["evals.val_ppl"]
         ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
                 label="next-token" if who == "none" else f"from {who} ({size.get(who, float('nan')):.2f}M)")
-    _label(ax, "student training tokens", "student validation perplexity", "student perplexity by teacher",
-           xscale="log")
+    label_axes(ax, "student training tokens", "student validation perplexity",
+               "student perplexity by teacher", xscale="log")
     order = [t for t in teachers["tag.teacher"] if t in curves]
     for big in order[1:]:
         diff = (curves[big] / curves[order[0]] - 1.0).dropna()
         rel.plot(diff.index, 100 * diff.values, marker="o", label=f"{big} vs {order[0]}")
     rel.axhline(0.0, color="grey", lw=1)
-    _label(rel, "student training tokens", "relative perplexity difference (%)",
-           "below 0: the larger teacher is better", xscale="log")
-    return [_save(fig, Path(figures) / f"{name}.png")]
+    label_axes(rel, "student training tokens", "relative perplexity difference (%)",
+               "below 0: the larger teacher is better", xscale="log")
+    return [save_figure(fig, Path(figures) / f"{name}.png")]

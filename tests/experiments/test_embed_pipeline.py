@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from experiments.embed.sweep import BASES, EmbedRun, execute
+from experiments.embed.sweep import BASES, BM25Run, DeployRun, SoupRun
 from experiments.embed.train import load_model, train_embedding
 from experiments.sweeps.collect import collect
 
@@ -27,7 +27,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert summary["distillation"] == "off" and summary["teacher"] is None
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in log if "step" in r and "phase" not in r]
-    assert steps[0]["step"] == 0 and steps[-1]["step"] == 11
+    assert steps[0]["step"] == 5 and steps[-1]["step"] == 12  # logged every 5 steps and at the end
     assert np.mean([r["contrastive"] for r in steps[-2:]]) < steps[0]["contrastive"]  # it learns
 
     # done runs are skipped: the summary comes back untouched
@@ -39,10 +39,10 @@ def test_quick_pipeline_end_to_end(tmp_path):
     assert loaded == ec and model.dim == 32
 
     tags = (("scale", "quick"),)
-    deploy = EmbedRun(label="int8", kind="deploy", precision="int8", config=ec, tags=tags)
-    soup = EmbedRun(label="soup", kind="soup", config=ec, ingredients=(ec, ec), tags=tags)
-    bm25 = EmbedRun(label="BM25", kind="bm25", config=ec, tags=tags)
-    out = {r.label: execute(r, sweep_dir, lm_root=lm_root, progress=False) for r in (deploy, soup, bm25)}
+    deploy = DeployRun(label="int8", precision="int8", config=ec, tags=tags)
+    soup = SoupRun(label="soup", config=ec, ingredients=(ec, ec), tags=tags)
+    bm25 = BM25Run(label="BM25", config=ec, tags=tags)
+    out = {r.label: r.execute(sweep_dir, progress=False) for r in (deploy, soup, bm25)}  # LMs: lm_root
     # a soup of one model twice is that model
     assert out["soup"]["evals"] == summary["evals"]
     assert 8.0 < out["int8"]["bits_per_weight"] < 9.5

@@ -1,9 +1,12 @@
-"""Sweep expansion, hashing, sharding, skip/resume, failure handling and collect."""
+"""Sweep expansion, hashing, sharding, skip/resume, failure handling, parallel workers and collect."""
 
 import dataclasses
+import hashlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -231,9 +234,10 @@ def test_plots_and_tables_refuse_tables_without_finished_runs(tmp_path):
         plots.plot_ratio_window(done, tmp_path, "x")
     with pytest.raises(ValueError, match="no runs"):
         table(pd.DataFrame())
-    for fn in (embed_plots.tables, lambda df: embed_plots.plot_all(df, tmp_path)):
-        with pytest.raises(ValueError, match="no finished runs"):
-            fn(pd.DataFrame())
+    for fn in (embed_plots.tables, embed_plots.report, lambda df: embed_plots.plot_all(df, tmp_path, "e")):
+        for df in (pd.DataFrame(), failed):
+            with pytest.raises(ValueError, match="no finished runs"):
+                fn(df)
     assert not list(tmp_path.iterdir())
 
 
@@ -262,3 +266,96 @@ def test_readme_figures_are_the_checkouts_figures_folder():
 
     assert (REPO_ROOT / "README.md").exists() and sw.README_FIGURES == REPO_ROOT / "figures"
     assert (sw.README_FIGURES / "tradeoff.png").exists() and notebook.repo_figure("tradeoff.png").exists()
+
+
+@pytest.fixture
+def tiny_sweep(monkeypatch):
+    """The ``tiny_workers`` sweep of ``tiny_sweep.py``, registered here and in worker processes."""
+    here = str(Path(__file__).parent)
+    monkeypatch.setenv("GEMMA_LAB_SWEEPS", "tiny_sweep")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.syspath_prepend(here)
+    sw.load_sweeps()
+    yield "tiny_workers"
+    SWEEPS.pop("tiny_workers", None)
+    sys.modules.pop("tiny_sweep", None)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two cores")
+def test_workers_run_the_shards_as_one_core_processes_and_lose_no_result(tiny_sweep, tmp_path):
+    """Shard 0's worker dies on its second run, shard 1's has a failing run: what finished is done, the
+    rest is failed; each shard ran in a process of its own on a core of its own, after ``prepare``."""
+    figures = tmp_path / "figures"
+    result = run_sweep(tiny_sweep, scale="quick", out=tmp_path, progress=False, figures=figures, workers=2)
+    assert sorted(result["done"]) == ["ok_a", "ok_b"]
+    assert sorted(result["failed"]) == ["after_crash", "crash", "fail"]
+    error = json.loads((tmp_path / tiny_sweep / "fail" / "error.json").read_text())
+    assert "RuntimeError: boom" in error["error"]
+    ran = {k: json.loads((tmp_path / tiny_sweep / k / "summary.json").read_text()) for k in result["done"]}
+    assert json.loads((tmp_path / "prepared.json").read_text())["pid"] == os.getpid()  # once, here
+    pids = {s["pid"] for s in ran.values()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    cores = [s["cores"] for s in ran.values()]
+    assert all(len(c) == 1 for c in cores) and cores[0] != cores[1]
+    for s in ran.values():
+        assert "--xla_cpu_multi_thread_eigen=false" in s["xla_flags"]
+        assert "--xla_backend_optimization_level=0" in s["xla_flags"]  # quick scale
+    # the figures are drawn once, here, from the finished runs
+    assert json.loads((figures / f"{tiny_sweep}.json").read_text()) == ["ok_a", "ok_b"]
+    with pytest.raises(sw.SweepFailed, match="crash.*no error.json"):
+        sw.raise_failures(result, tmp_path / tiny_sweep)
+
+
+def test_workers_are_checked_against_the_cores(tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(SystemExit):
+        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert "--workers '0'" in err and f"between 1 and {cores}" in err
+    with pytest.raises(SystemExit):
+        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", str(cores + 1)])
+    assert f"--workers '{cores + 1}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the workers are the shards: one or the other
+        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "1", "--shard", "0/2"])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"workers={cores + 1}: must be between 1 and {cores}"):
+        run_sweep("gqa", scale="quick", out=tmp_path, workers=cores + 1)
+    assert not (tmp_path / "gqa").exists()
+
+
+def test_embedding_points_have_stable_distinct_keys():
+    """One key per kind of point and what it evaluates (not its label, tags or group), the same in
+    another interpreter, and the directory names results were written under before."""
+    from experiments.embed import sweep as embed
+
+    b = embed.BASES["quick"]
+    points = {"train": embed.EmbedRun(label="x", config=b), "bm25": embed.BM25Run(label="x", config=b),
+              "teacher": embed.TeacherRun(label="x", config=b),
+              "untrained": embed.UntrainedRun(label="x", config=b),
+              "soup": embed.SoupRun(label="x", config=b, ingredients=(b, b.replace(seed=1))),
+              "deploy int8": embed.DeployRun(label="x", config=b, precision="int8"),
+              "deploy int4": embed.DeployRun(label="x", config=b, precision="int4")}
+    keys = {name: p.key for name, p in points.items()}
+    assert len(set(keys.values())) == len(keys)
+    assert embed.BM25Run(label="y", config=b, tags=(("scale", "quick"),), group="g").key == keys["bm25"]
+    assert embed.SoupRun(label="x", config=b, ingredients=(b,)).key != keys["soup"]
+    assert keys["train"] == b.short_hash()
+    spec = json.dumps(["deploy", b.short_hash(), "int8", []])
+    assert keys["deploy int8"] == "deploy-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
+    assert [p.is_variant for p in points.values()] == [False] + [True] * (len(points) - 1)
+    code = ("from experiments.embed import sweep as e; b = e.BASES['quick']; "
+            "print(e.DeployRun(label='z', config=b, precision='int8').key, "
+            "e.UntrainedRun(label='z', config=b).key)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [keys["deploy int8"], keys["untrained"]]
+
+
+def test_embedding_update_figures_writes_no_lm_summary(tmp_path):
+    """The embedding sweep's results have none of the LM figures: no empty ``embedding.csv``."""
+    d = tmp_path / "embedding" / "bm25-x"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "summary.json").write_text(json.dumps({"label": "BM25", "tags": {"scale": "quick"},
+                                                "evals": {"code": {"d32": {"ndcg@10": 0.5}}}}))
+    assert sw.write_summary("embedding", "quick", tmp_path, tmp_path / "figures") is None
+    assert not (tmp_path / "figures").exists()
