@@ -17,8 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 MAGIC = b"GALCKPT1"
 CKPT_NAME = "checkpoint.ckpt"
@@ -30,8 +33,6 @@ class CheckpointError(ValueError):
 
 def _to_host(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host: gather every shard
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
@@ -108,3 +109,12 @@ def restore_prefix(path: str | Path, like: Any) -> Any:
     if len(leaves) < len(ref) or any(a.shape != tuple(b.shape) for a, b in zip(leaves, ref)):
         raise CheckpointError(f"checkpoint {path}: does not start with the {len(ref)} arrays expected")
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(x) for x in leaves[: len(ref)]])
+
+
+def load_params(path: str | Path, abstract: Any) -> Any:
+    """A module whose inexact arrays come from the leading leaves of the checkpoint at ``path`` (the
+    params of the training loop's ``(params, opt_state)``); ``abstract`` is its
+    ``eqx.filter_eval_shape`` skeleton, which gives the structure and every static part."""
+    is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
+    like, static = eqx.partition(abstract, is_param)
+    return eqx.combine(restore_prefix(path, like), static)

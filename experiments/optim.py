@@ -1,10 +1,16 @@
 """The one optimizer recipe: global-norm clipping, then AdamW (Loshchilov & Hutter 2019) with decoupled
-weight decay, under linear warmup from 0 and cosine decay to ``min_lr_ratio * lr``.
+weight decay, under linear warmup from 0 and cosine decay to ``min_lr_ratio * lr``; and
+``TrainSettings``, the fields every training run has (optimizer, steps, seed, logging and
+checkpoint intervals), which ``experiments.runconfig.RunConfig`` and
+``experiments.embed.config.EmbedConfig`` extend.
 
-Language-model runs (``RunConfig.optimizer``), the embedding fine-tuning and its encoder adaptation
-all build their optimizer here; only the numbers differ.
+Language-model runs, the embedding fine-tuning and its encoder adaptation all build their optimizer
+here; only the numbers differ.
 """
 
+from __future__ import annotations
+
+import dataclasses
 from typing import Any
 
 import jax
@@ -38,3 +44,44 @@ def adamw(lr: float, steps: int, *, warmup: int, min_lr_ratio: float, weight_dec
         optax.adamw(warmup_cosine(lr, steps, warmup, min_lr_ratio), b1=b1, b2=b2, weight_decay=weight_decay,
                     mask=mask),
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """What every run of :func:`experiments.loop.fit` needs besides its model and data. Subclasses
+    redeclare a field to change its default (the embedding recipe keeps AdamW's own ``b2``)."""
+
+    steps: int = 300
+    batch: int = 8
+    lr: float = 3e-3
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip: float = 1.0  # global-norm clipping
+    seed: int = 0  # data order and the step's randomness
+    ckpt_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for field in ("steps", "batch", "ckpt_every", "log_every"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}.{field}={value!r}: must be a positive int")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"{name}.warmup={self.warmup!r}: must be an int >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"{name}.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr={self.lr!r}: must be > 0")
+
+    def schedule(self) -> optax.Schedule:
+        """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
+        return warmup_cosine(self.lr, self.steps, self.warmup, self.min_lr_ratio)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """:func:`adamw` with these numbers (weight decay on matrices only)."""
+        return adamw(self.lr, self.steps, warmup=self.warmup, min_lr_ratio=self.min_lr_ratio,
+                     weight_decay=self.weight_decay, clip=self.clip, b1=self.b1, b2=self.b2)

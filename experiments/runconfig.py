@@ -10,14 +10,12 @@ import hashlib
 import json
 from typing import Any
 
-import optax
-
 import arch
 from arch.config import ModelConfig
 from experiments.data.tokenizer import load_tokenizer
 from experiments.distill.losses import check_loss_and_teacher
 from experiments.losses import get_loss
-from experiments.optim import adamw, warmup_cosine
+from experiments.optim import TrainSettings
 
 
 def _freeze(value: Any) -> Any:
@@ -34,8 +32,9 @@ def short_hash(config: dict) -> str:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Everything that decides a training run's result. Frozen, hashable and JSON round-trippable."""
+class RunConfig(TrainSettings):
+    """Everything that decides a training run's result. Frozen, hashable and JSON round-trippable.
+    The optimizer, steps, seed and intervals are :class:`experiments.optim.TrainSettings`' fields."""
 
     # model
     preset: str  # a name in arch.PRESETS
@@ -46,24 +45,13 @@ class RunConfig:
     tokenizer: str | None = None  # an existing SentencePiece .model; None: train one on the corpus
     vocab_size: int = 8192  # for a trained tokenizer; a loaded one decides its own
     doc_mask: bool = True  # attention and recurrence restart at document boundaries inside a sequence
-    # optimisation (AdamW, linear warmup then cosine decay to min_lr_ratio * lr)
-    steps: int = 300
-    batch: int = 8
     seq_len: int = 256
-    lr: float = 3e-3
-    warmup: int = 30
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    clip: float = 1.0  # global-norm clipping
     # sequences per gradient micro-step (lax.scan over micro-steps, gradients summed); 0 = the whole
     # batch at once. On a 2-core CPU, micro-steps of 2 sequences (1,024 rows at T=512) are the fastest:
     # 15% faster than 4 and 20% faster than 8 (small_gemma3, B=8, T=512, bf16), as each step's
     # activations stay in cache. A pure data-parallel mesh runs them on each device's own rows; an
     # FSDP mesh takes the whole (sharded) batch at once.
     microbatch: int = 2
-    seed: int = 0
     # objective
     loss: str = "xent"  # a name in experiments.losses.LOSSES
     loss_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -73,13 +61,12 @@ class RunConfig:
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100
     eval_batches: int = 4
-    ckpt_every: int = 100
-    log_every: int = 10
 
     def __post_init__(self):
         if self.preset not in arch.PRESETS:
             raise ValueError(f"RunConfig.preset={self.preset!r}: unknown; known: {', '.join(arch.PRESETS)}")
-        for name in ("steps", "batch", "seq_len", "eval_every", "eval_batches", "ckpt_every", "log_every"):
+        super().__post_init__()
+        for name in ("seq_len", "eval_every", "eval_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunConfig.{name}={value!r}: must be a positive int")
@@ -87,10 +74,6 @@ class RunConfig:
                 self.microbatch and self.batch % self.microbatch):
             raise ValueError(f"RunConfig.microbatch={self.microbatch!r}: must be 0 or divide "
                              f"batch={self.batch}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"RunConfig.warmup={self.warmup!r}: must be an int >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"RunConfig.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
         # Normalise sequences (e.g. lists from JSON or callers) to hashable tuples of pairs.
         # Sorted by name (later duplicates win, as in a dict): equal configs get equal hashes.
         for name in ("overrides", "loss_kwargs"):
@@ -147,12 +130,3 @@ class RunConfig:
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq_len
-
-    def schedule(self) -> optax.Schedule:
-        """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""
-        return warmup_cosine(self.lr, self.steps, self.warmup, self.min_lr_ratio)
-
-    def optimizer(self) -> optax.GradientTransformation:
-        """:func:`experiments.optim.adamw` with this run's numbers (weight decay on matrices only)."""
-        return adamw(self.lr, self.steps, warmup=self.warmup, min_lr_ratio=self.min_lr_ratio,
-                     weight_decay=self.weight_decay, clip=self.clip, b1=self.b1, b2=self.b2)

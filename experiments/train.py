@@ -1,4 +1,5 @@
-"""``train(run, run_dir)``: the one training loop (optax AdamW, warmup + cosine, global-norm clipping).
+"""``train(run, run_dir)``: a language model trained on the corpus (AdamW, warmup + cosine, global-norm
+clipping) by the one training loop, :func:`experiments.loop.fit`.
 
 Run directory (DESIGN.md, "Experiments and results"): ``config.json`` written first,
 ``metrics.jsonl`` appended as training goes, ``checkpoint.ckpt`` every ``ckpt_every`` steps (atomic,
@@ -25,26 +26,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 import arch
-from experiments import REPO_ROOT, checkpoint
+from experiments import REPO_ROOT
 from experiments import sharding as shd
 from experiments.data.batches import Data, prepare_data
 from experiments.data.corpus import load_corpus, unigram_entropy
-from experiments.data.io import atomic_write_bytes, write_json
+from experiments.data.io import write_json
 from experiments.data.tokenizer import get_tokenizer
 from experiments.distill.teacher import load_teacher
 from experiments.flops import flops_per_token, measure_matmul_peak, mfu
+from experiments.loop import NonFiniteLossError, call_length, fit, open_run_dir  # noqa: F401  (re-exported)
 from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
 from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
 
 STEPS_PER_CALL = 10  # train steps per jitted call, at most (see train())
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the message names the step and the last good checkpoint."""
 
 
 def git_sha() -> str | None:
@@ -65,26 +62,6 @@ def load_run_data(run: RunConfig) -> Data:
     return prepare_data(corpus, tok, run.seq_len)
 
 
-def _prepare_dir(run: RunConfig, run_dir: Path) -> None:
-    cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
-        existing = RunConfig.from_dict(json.loads(cfg_path.read_text()))
-        if existing != run:
-            raise ValueError(f"{cfg_path} holds a different run ({existing.short_hash()}) than the one "
-                             f"asked for ({run.short_hash()}); use another --out or --resume")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(cfg_path, run.to_dict())
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint (they are about to be recomputed)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
-
-
 def evaluate(eval_step, params, val, batch_size: int, put, divisor: int = 1) -> float:
     """Mean validation cross-entropy (nats/token) over the fixed validation sequences, in chunks of
     ``batch_size`` (a last chunk is cut to a multiple of ``divisor``, the number of devices)."""
@@ -97,12 +74,6 @@ def evaluate(eval_step, params, val, batch_size: int, put, divisor: int = 1) -> 
         s, n = eval_step(params, put({k: v[i : i + rows] for k, v in arrays.items()}))
         total, count = total + float(s), count + float(n)
     return total / max(count, 1.0)
-
-
-def call_length(steps_per_call: int, run: RunConfig) -> int:
-    """Steps per jitted call: the largest count up to ``steps_per_call`` that divides the logging,
-    evaluation and checkpoint intervals, so every flush point ends a call."""
-    return math.gcd(steps_per_call, run.log_every, run.eval_every, run.ckpt_every)
 
 
 def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=None,
@@ -124,7 +95,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    _prepare_dir(run, run_dir)
+    open_run_dir(run, run_dir)
     wall_start = time.perf_counter()
     data = load_run_data(run)
     teacher = load_teacher(run, data, run_dir)  # None without run.teacher (experiments.distill.teacher)
@@ -132,7 +103,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     optimizer = run.optimizer()
     params, static = init_params(cfg, run.seed)
     opt_state = optimizer.init(params)
-    k = call_length(steps_per_call, run)
+    k = call_length(steps_per_call, run.log_every, run.eval_every, run.ckpt_every)
     put = jax.device_put if mesh is None else (lambda b: shd.shard_batch(b, shd.batch_sharding(mesh)))
     put_k = jax.device_put if mesh is None else (
         lambda b: shd.shard_batch(b, shd.batch_sharding(mesh, leading=True)))
@@ -145,94 +116,32 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     call_fn = step_fn if k == 1 else make_train_step(static, optimizer, run, mesh=mesh, params=params,
                                                      opt_state=opt_state, teacher=teacher, steps_per_call=k)
     eval_step = make_eval_step(static, doc_mask=run.doc_mask)
-
-    ckpt_path, metrics_path = run_dir / checkpoint.CKPT_NAME, run_dir / "metrics.jsonl"
-    start, prior_seconds, last_good = 0, 0.0, None
-    if ckpt_path.exists():
-        (params, opt_state), meta = checkpoint.restore(ckpt_path, (params, opt_state))
-        start, prior_seconds, last_good = meta["step"], meta.get("train_seconds", 0.0), meta["step"]
-        _truncate_metrics(metrics_path, start)
-
     batches = data.batches(run.batch, run.seed)
     val = data.validation_set(run.eval_batches * run.batch)
-    bar = tqdm(total=run.steps, initial=start, desc=f"train {run.preset}", unit="step", disable=not progress)
-
-    def save_ckpt(step: int, seconds: float) -> None:
-        meta = {"step": step, "data_position": step, "seed": run.seed, "train_seconds": seconds,
-                "rng": np.asarray(jax.random.key_data(jax.random.key(run.seed))).tolist()}
-        checkpoint.save(ckpt_path, (params, opt_state), meta)
 
     def arrays_at(step: int) -> dict:
         return batch_arrays(batches(step)) | (teacher.feed(batches, step) if teacher else {})
 
-    def is_flush(done: int) -> bool:
-        return (done % run.log_every == 0 or done % run.eval_every == 0 or done % run.ckpt_every == 0
-                or done == run.steps or done == stop_at)
+    def advance(state, step: int, n: int):
+        at = jnp.asarray(step, jnp.int32)
+        if n > 1:
+            stacked = stack_steps([arrays_at(s) for s in range(step, step + n)])
+            params, opt_state, m = call_fn(*state, put_k(stacked), at)
+        else:
+            params, opt_state, m = step_fn(*state, put(arrays_at(step)), at)
+        return (params, opt_state), m
 
-    # (first step, device metrics of its call) not yet fetched: no host sync per step
-    pending: list[tuple[int, Any]] = []
-    timed_tokens, timed_seconds, t_mark, untimed = 0, 0.0, None, 0
-    val_loss = None
-    done = start
-    with open(metrics_path, "a") as log:
-        while done < run.steps:
-            step = done
-            n = k if step % k == 0 and not any(is_flush(d) for d in range(step + 1, step + k)) else 1
-            at = jnp.asarray(step, jnp.int32)
-            if n > 1:
-                stacked = stack_steps([arrays_at(s) for s in range(step, step + n)])
-                params, opt_state, m = call_fn(params, opt_state, put_k(stacked), at)
-            else:
-                params, opt_state, m = step_fn(params, opt_state, put(arrays_at(step)), at)
-            pending.append((step, m))
-            done = step + n
-            if t_mark is None:  # exclude compilation from the throughput
-                jax.block_until_ready(m)
-                t_mark, untimed = time.perf_counter(), done
-            stopping = done == stop_at
-            if not is_flush(done):
-                continue
-            fetched = [{key: np.atleast_1d(v) for key, v in mm.items()}
-                       for mm in jax.device_get([p[1] for p in pending])]
-            now = time.perf_counter()
-            timed_tokens += (done - max(untimed, pending[0][0])) * run.tokens_per_step
-            timed_seconds += now - t_mark
-            t_mark = now
-            for (first, _), mm in zip(pending, fetched):
-                for i, loss in enumerate(mm["loss"]):
-                    if not math.isfinite(float(loss)):
-                        where = (f"{ckpt_path} (step {last_good})" if last_good is not None
-                                 else "none written yet")
-                        raise NonFiniteLossError(
-                            f"loss is {float(loss)} at step {first + i + 1} of run {run_dir}; training "
-                            f"stopped; last good checkpoint: {where}")
-            # NaN until a call after the first (which compiles) has been timed: not measured, not zero
-            tok_s = timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else float("nan")
-            losses = np.concatenate([mm["loss"] for mm in fetched])
-            rec = {"step": done, "loss": float(np.mean(losses)),
-                   "grad_norm": float(fetched[-1]["grad_norm"][-1]), "lr": float(fetched[-1]["lr"][-1]),
-                   "tokens": done * run.tokens_per_step, "tokens_per_s": tok_s}
-            pending.clear()
-            if done % run.eval_every == 0 or done == run.steps:
-                val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
-                rec |= {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-                t_mark = time.perf_counter()  # evaluation time is not training throughput
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-            if done % run.ckpt_every == 0 or done == run.steps or stopping:
-                save_ckpt(done, prior_seconds + timed_seconds)
-                last_good = done
-                t_mark = time.perf_counter()
-            bar.update(done - bar.n)
-            if stopping:
-                bar.close()
-                return {"stopped_at": done, "run_dir": str(run_dir)}
-    bar.close()
-    if val_loss is None:  # resumed from a checkpoint taken at the last step
-        val_loss = evaluate(eval_step, params, val, run.batch, put, n_dev)
+    def validation(state) -> dict:
+        loss = evaluate(eval_step, state[0], val, run.batch, put, n_dev)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
-    tokens_per_s = timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else float("nan")
+    fitted = fit((params, opt_state), advance, run_dir=run_dir, steps=run.steps, seed=run.seed,
+                 log_every=run.log_every, ckpt_every=run.ckpt_every, eval_every=run.eval_every,
+                 evaluate=validation, tokens_per_step=run.tokens_per_step, max_call=k, stop_at=stop_at,
+                 progress=progress, desc=f"train {run.preset}")
+    if fitted.stopped_at is not None:
+        return {"stopped_at": fitted.stopped_at, "run_dir": str(run_dir)}
+    val_loss, tokens_per_s = fitted.evals["val_loss"], fitted.tokens_per_s
     fpt = flops_per_token(cfg, run.seq_len)
     peak = measure_matmul_peak(cfg.matmul_dtype)
     summary = {
@@ -242,8 +151,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         "tokens_seen": run.steps * run.tokens_per_step, "tokens_per_s": tokens_per_s,
         "flops_per_token": fpt, "matmul_peak_flops": peak,
         "mfu": mfu(tokens_per_s, cfg, run.seq_len, devices=n_dev),
-        "train_seconds": prior_seconds + timed_seconds, "wall_seconds": time.perf_counter() - wall_start,
-        "resumed_from": start or None, "corpus": data.corpus.source,
+        "train_seconds": fitted.train_seconds, "wall_seconds": time.perf_counter() - wall_start,
+        "resumed_from": fitted.resumed_from or None, "corpus": data.corpus.source,
         "corpus_fingerprint": data.corpus.fingerprint,
         "tokenizer_path": str(data.tokenizer.path) if data.tokenizer.path else None,
         "tokenizer_fingerprint": data.tokenizer.fingerprint, "git_sha": git_sha(),

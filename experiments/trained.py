@@ -11,7 +11,6 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 import arch
 from experiments import checkpoint
@@ -34,7 +33,4 @@ def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]
         tok = get_tokenizer(load_corpus(run.data), vocab_size=run.vocab_size)
     cfg = run.model_config(tok.vocab_size)
     abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
-    is_param = lambda x: isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
-    like, static = eqx.partition(abstract, is_param)
-    params = checkpoint.restore_prefix(run_dir / checkpoint.CKPT_NAME, like)  # (params, opt_state)
-    return eqx.combine(params, static), tok, run
+    return checkpoint.load_params(run_dir / checkpoint.CKPT_NAME, abstract), tok, run

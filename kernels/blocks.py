@@ -7,6 +7,8 @@ as the Triton lowering requires.
 
 import dataclasses
 
+from jax.experimental.pallas import triton as plt
+
 from gemma_kernels._platform import backend
 
 
@@ -79,6 +81,4 @@ def compiler_params(interpret: bool, *, num_warps: int, num_stages: int):
     """Triton parameters on GPU (a plain ``pallas_call`` would pick Mosaic GPU); ``None`` elsewhere."""
     if interpret or backend() != "gpu":
         return None
-    from jax.experimental.pallas import triton as plt
-
     return plt.CompilerParams(num_warps=num_warps, num_stages=num_stages)

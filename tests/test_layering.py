@@ -116,3 +116,20 @@ def test_arch_uses_only_the_public_names_of_gemma_kernels():
                     module == "gemma_kernels" and not set(names) <= set(gemma_kernels.__all__)):
                 private.append((mod, module, names))
     assert private == []
+
+
+def _local_imports(source: str) -> list[tuple[int, str]]:
+    """``(line, text)`` of every import inside a function."""
+    lines = source.splitlines()
+    return [(n.lineno, lines[n.lineno - 1].strip()) for fn in ast.walk(ast.parse(source))
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for n in ast.walk(fn) if isinstance(n, ast.Import | ast.ImportFrom)]
+
+
+def test_imports_inside_functions_are_only_optional_dependencies_and_say_so():
+    """An import inside a function hides a dependency (and, between repo modules, a cycle): allowed only
+    for an optional dependency, with a comment on its line saying ``optional``."""
+    hidden = [(mod, line, text) for mod, path in _modules().items()
+              for line, text in _local_imports(path.read_text()) if "# optional" not in text]
+    assert hidden == []
+    assert _local_imports("def f():\n    import numpy\n") == [(2, "import numpy")]

@@ -47,6 +47,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 
 import arch
 from arch import memory
@@ -126,11 +127,6 @@ def _gb(x: float) -> str:
 
 
 def plot(results: dict[str, list[float]], contexts, path: Path, title: str, info: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, secs in results.items():
         ax.plot(contexts, [1e3 * s for s in secs], marker="o",

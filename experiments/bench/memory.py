@@ -14,6 +14,9 @@ the Gemma 3 vocabulary (262,144) and vary only the layer pattern and the window.
 import argparse
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+
 import arch
 from arch import memory
 from experiments.bench import table3
@@ -73,11 +76,6 @@ def fig5_data(ctx: int = 32_768) -> dict[str, list[float]]:
 
 
 def plot_kv_vs_context(path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     contexts = [2**k for k in range(10, 18)]  # 1K .. 128K
     data = fig6_data(contexts)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -98,12 +96,6 @@ def plot_kv_vs_context(path: Path) -> None:
 
 
 def plot_kv_overhead(path: Path, ctx: int = 32_768) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     data = fig5_data(ctx)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     x = np.arange(len(data))

@@ -18,6 +18,7 @@ for the dtype (on the whole CPU, however many devices it is split into).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -91,8 +92,7 @@ def ours_stepper(run: RunConfig, data_parallel: int = 1, steps_per_call: int = S
 
 def hf_model(cfg: arch.ModelConfig, attn: str):
     """The transformers ``*ForCausalLM`` with the same config, randomly initialised, f32."""
-    import transformers
-
+    import transformers  # optional: the hf extra (only --vs-hf needs it)
 
     hf = config_to_hf(cfg)
     model_type, arch_name = hf.pop("model_type"), hf.pop("architectures")[0]
@@ -103,9 +103,7 @@ def hf_model(cfg: arch.ModelConfig, attn: str):
 
 def hf_stepper(cfg: arch.ModelConfig, batch: int, seq_len: int, dtype: str, attn: str):
     """A closure running one torch train step (forward, cross-entropy, backward, clipping, AdamW)."""
-    import contextlib
-
-    import torch
+    import torch  # optional: the hf extra
 
     torch.manual_seed(0)
     model = hf_model(cfg, attn)
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if jax.devices()[0].platform != "cpu":
             dp = 1
     if a.vs_hf:
-        import torch
+        import torch  # optional: the hf extra
 
         torch.set_num_threads(os.cpu_count() or 1)
     tokens = a.batch * a.seq

@@ -19,9 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow.parquet as pq
 
 TEXT_SUFFIXES = (".txt", ".md", ".py")
 ALLOWED_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
@@ -123,8 +125,6 @@ def unigram_entropy(token_ids: Iterable[int] | np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------- default
 def default_corpus() -> Corpus:
     """The standard library source of the running interpreter plus its `pydoc_data` topics."""
-    from pydoc_data.topics import topics
-
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = [Document(f"pydoc:{k}", v) for k, v in topics.items() if v.strip()]
     for path in _walk(root, prune=_stdlib_prune):
@@ -234,10 +234,6 @@ def _parse_jsonl(path: Path, name: str, text: str) -> list[Document]:
 
 
 def _read_parquet(path: Path, name: str) -> list[Document]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:  # pyarrow is a dev / optional dependency
-        raise ValueError(f"--data {path}: reading .parquet needs pyarrow (pip install pyarrow)") from e
     # pyarrow's own errors (ArrowInvalid is itself a ValueError) carry no path: wrap them all.
     try:
         names = pq.read_schema(path).names

@@ -8,10 +8,8 @@
 
 Each teacher is an ordinary Run listed before its students; a student's ``RunConfig.teacher`` is
 ``"@<teacher hash>"``, the sibling directory in the same sweep folder, so hashes do not depend on
-``--out``. ``execute()`` runs the list in order, so the teacher is trained first. ``--shard`` splits
-runs by config hash and may put a student and its teacher in different shards: the student then fails
-with "teacher run ... is not trained yet" (error.json) until the teacher's shard has run; rerunning the
-sweep after that finishes it (finished runs are skipped). Without ``--shard`` everything is in order.
+``--out``. The runner executes the list in order, so the teacher is trained first, and ``--shard`` /
+``--workers`` keep a student in its teacher's shard (``experiments.sweeps.runner.group_of``).
 
 Scales. default (2-core CPU, ~20-30 minutes for both sweeps; the default 8192-piece tokenizer):
 students of 4 layers x 64 and 6 layers x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128

@@ -9,12 +9,15 @@ from typing import Any
 import arch
 from arch import quant
 from experiments.embed.pairs import TEXT_NORMS
+from experiments.optim import TrainSettings
 from experiments.runconfig import short_hash
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EmbedConfig:
-    """One embedding fine-tuning run. Frozen and JSON round-trippable; its hash names the run dir."""
+class EmbedConfig(TrainSettings):
+    """One embedding fine-tuning run. Frozen and JSON round-trippable; its hash names the run dir.
+    The optimizer, steps, seed and intervals are :class:`experiments.optim.TrainSettings`' fields,
+    with this recipe's defaults."""
 
     # trunk (a preset + overrides, made bidirectional) and head
     preset: str = "small_embeddinggemma"
@@ -53,18 +56,17 @@ class EmbedConfig:
     distill_mrl: bool = False
     teacher: str | None = "auto"
     qat: str | None = None  # quantization-aware training scheme (arch.quant.SCHEMES)
-    # optimisation
-    steps: int = 300
+    # optimisation (TrainSettings' fields with this recipe's defaults: AdamW's own b2 = 0.999, decay
+    # to 0.1 x lr); seed: data order (and the mixture's identity when souping)
     batch: int = 32
     lr: float = 1e-3
-    warmup: int = 30
     weight_decay: float = 0.01
-    clip: float = 1.0
-    seed: int = 0  # data order (and the mixture's identity when souping)
-    init_seed: int = 0  # the initial model (and its decoder): souped runs must share it
+    b2: float = 0.999
     log_every: int = 25
+    init_seed: int = 0  # the initial model (and its decoder): souped runs must share it
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("overrides", "mixture"):
             object.__setattr__(self, name, tuple(sorted((str(k), v) for k, v in getattr(self, name))))
         object.__setattr__(self, "mrl_dims", tuple(int(d) for d in self.mrl_dims))

@@ -25,6 +25,7 @@ import arch
 from arch.embedding import EmbeddingModel, from_lm
 from experiments.data.batches import prepare_data
 from experiments.data.corpus import load_corpus
+from experiments.loop import fit
 from experiments.optim import adamw
 from experiments.runconfig import RunConfig
 from experiments.train import load_trained, train
@@ -46,12 +47,6 @@ def span_mask(rng: np.random.Generator, length: int, density: float = NOISE_DENS
     return mask
 
 
-def corrupt(tokens: np.ndarray, rng: np.random.Generator, sentinel: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(corrupted tokens, mask)`` for a batch ``[B, T]``: masked positions hold ``sentinel``."""
-    mask = np.stack([span_mask(rng, tokens.shape[1]) for _ in range(tokens.shape[0])])
-    return np.where(mask, sentinel, tokens).astype(np.int32), mask
-
-
 def denoising_loss(model: arch.LM, corrupted, original, mask) -> jax.Array:
     """Cross-entropy of the original tokens at the masked positions (tied output layer)."""
 
@@ -61,10 +56,11 @@ def denoising_loss(model: arch.LM, corrupted, original, mask) -> jax.Array:
     return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: int, lr: float, seed: int,
-                  log=None) -> arch.LM:
-    """The bidirectional denoising phase (see module docstring) on the default corpus' training split."""
-
+def adapt_encoder(lm: arch.LM, tokenizer, run_dir: Path, *, steps: int, batch: int, seq_len: int,
+                  lr: float, seed: int, progress: bool = False) -> arch.LM:
+    """The bidirectional denoising phase (see module docstring) on the default corpus' training split,
+    by the one training loop (:func:`experiments.loop.fit`) in ``run_dir``: a finished phase is read
+    back from its checkpoint, an interrupted one resumes."""
     model = arch.reconfigure(lm, causal=False) if lm.cfg.causal else lm
     data = prepare_data(load_corpus(None), tokenizer, seq_len)
     batches = data.batches(batch, seed + 1)
@@ -73,22 +69,27 @@ def adapt_encoder(lm: arch.LM, tokenizer, *, steps: int, batch: int, seq_len: in
     opt = adamw(lr, steps, warmup=max(steps // 10, 1), min_lr_ratio=0.1, weight_decay=0.1, clip=1.0,
                 mask=None)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    state = opt.init(params)
+    # the spans of every step drawn up front, in order: step s's corruption is fixed whatever step a
+    # resumed attempt starts from (a span mask depends on the length only, not on the tokens)
+    rng = np.random.default_rng(seed)
+    masks = [np.stack([span_mask(rng, seq_len) for _ in range(batch)]) for _ in range(steps)]
 
     @jax.jit
     def step(params, state, c, o, m):
         loss, g = jax.value_and_grad(lambda p: denoising_loss(eqx.combine(p, static), c, o, m))(params)
         upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss
+        return optax.apply_updates(params, upd), state, {"loss": loss, "grad_norm": optax.tree.norm(g)}
 
-    rng = np.random.default_rng(seed)
-    for s in range(steps):
+    def advance(state, s: int, n: int):
         original = np.asarray(batches.batch(s).inputs)
-        c, m = corrupt(original, rng, sentinel)
-        params, state, loss = step(params, state, c, original, m)
-        if log is not None and (s % 25 == 0 or s == steps - 1):
-            log({"phase": "denoise", "step": s, "loss": float(loss)})
-    return eqx.combine(params, static)
+        corrupted = np.where(masks[s], sentinel, original).astype(np.int32)
+        params, opt_state, m = step(*state, corrupted, original, masks[s])
+        return (params, opt_state), m
+
+    fitted = fit((params, opt.init(params)), advance, run_dir=run_dir, steps=steps, seed=seed,
+                 log_every=25, ckpt_every=steps, tokens_per_step=batch * seq_len, progress=progress,
+                 desc="denoise")
+    return eqx.combine(fitted.state[0], static)
 
 
 def lm_run(cfg_preset: str, overrides: tuple, *, vocab_size: int, steps: int, batch: int, seq_len: int,
@@ -126,13 +127,13 @@ def with_token_table(model: EmbeddingModel, vectors: np.ndarray) -> EmbeddingMod
     return eqx.tree_at(lambda m: m.trunk.embed, model, v)
 
 
-def initial_model(ec, tokenizer, *, lm_root: Path, key, log=None, vocab_vectors: np.ndarray | None = None
-                  ) -> tuple[EmbeddingModel, dict]:
+def initial_model(ec, tokenizer, *, lm_root: Path, key, vocab_vectors: np.ndarray | None = None,
+                  progress: bool = False) -> tuple[EmbeddingModel, dict]:
     """The ``EmbeddingModel`` to fine-tune under ``ec.init``, its blocks scaled by ``ec.block_gain``
     and, with ``ec.embed_init == "teacher"``, its token table from ``vocab_vectors`` (the teacher's
     vectors of the vocabulary, :func:`experiments.embed.teacher.vocabulary_vectors`); and facts about
     it for the summary."""
-    model, info = _initial_model(ec, tokenizer, lm_root=lm_root, key=key, log=log)
+    model, info = _initial_model(ec, tokenizer, lm_root=lm_root, key=key, progress=progress)
     if ec.embed_init == "teacher":
         if vocab_vectors is None:
             raise ValueError("embed_init='teacher' needs a teacher (EmbedConfig.teacher found none)")
@@ -141,7 +142,7 @@ def initial_model(ec, tokenizer, *, lm_root: Path, key, log=None, vocab_vectors:
     return scale_blocks(model, ec.block_gain), info
 
 
-def _initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[EmbeddingModel, dict]:
+def _initial_model(ec, tokenizer, *, lm_root: Path, key, progress: bool) -> tuple[EmbeddingModel, dict]:
     cfg = ec.model_config(tokenizer.vocab_size)
     head = dict(dense_dims=ec.dense_dims(), pooling=ec.pooling)
     if ec.init == "random":
@@ -152,22 +153,14 @@ def _initial_model(ec, tokenizer, *, lm_root: Path, key, log=None) -> tuple[Embe
     run = lm_run(ec.preset, ec.overrides, vocab_size=ec.vocab_size, steps=ec.lm_steps, batch=ec.lm_batch,
                  seq_len=ec.lm_seq_len, lr=ec.lm_lr, seed=ec.init_seed)
     lm_dir = Path(lm_root) / run.short_hash()
-    lm_summary = train(run, lm_dir, progress=False)
+    lm_summary = train(run, lm_dir, progress=progress)
     lm, _, _ = load_trained(lm_dir)
     info = {"init": ec.init, "lm_run": str(lm_dir), "lm_val_loss": lm_summary.get("final_val_loss")}
     if ec.init == "encoder":
-        path = lm_dir / f"encoder-{ec.adapt_steps}-{ec.adapt_seq_len}.eqx"
-        enc_like = arch.reconfigure(lm, causal=False)
-        if path.exists():
-            trunk = eqx.tree_deserialise_leaves(path, enc_like)
-        else:
-            trunk = adapt_encoder(lm, tokenizer, steps=ec.adapt_steps, batch=ec.lm_batch,
-                                  seq_len=ec.adapt_seq_len, lr=ec.lm_lr * 0.5, seed=ec.init_seed, log=log)
-            tmp = path.with_name(path.name + ".tmp")
-            eqx.tree_serialise_leaves(tmp, trunk)
-            tmp.replace(path)
+        lm = adapt_encoder(lm, tokenizer, lm_dir / f"encoder-{ec.adapt_steps}-{ec.adapt_seq_len}",
+                           steps=ec.adapt_steps, batch=ec.lm_batch, seq_len=ec.adapt_seq_len,
+                           lr=ec.lm_lr * 0.5, seed=ec.init_seed, progress=progress)
         info["adapt_steps"] = ec.adapt_steps
-        lm = trunk
     if lm.cfg.replace(causal=False, matmul_dtype=cfg.matmul_dtype) != cfg.replace(causal=False):
         raise ValueError(f"init={ec.init}: the decoder's config differs from the embedding trunk's: "
                          f"{json.dumps(lm.cfg.to_dict())} vs {json.dumps(cfg.to_dict())}")

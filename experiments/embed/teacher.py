@@ -93,7 +93,7 @@ def embeddings(texts: Sequence[str], location: str, *, cache_dir=None, batch_siz
     todo = sorted({t for t, i in zip(texts, ids) if int(i) not in row}, key=text_id)
     if todo:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never reach for the Hub
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # optional: the hf extra
 
         model = SentenceTransformer(location, device="cpu")
         model.max_seq_length = MAX_SEQ_LENGTH

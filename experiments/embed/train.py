@@ -3,9 +3,10 @@
     python -m experiments.embed.train [--init random|decoder|encoder] [--pooling mean|first|last|attention]
         [--spread-out W] [--distill W] [--qat int8|int4|mixed] [--scale quick|default|full] [--out DIR]
 
-A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (appended while training),
-``model.eqx`` (the fine-tuned weights) and ``summary.json`` (written last, atomically; a run that has
-one is skipped). Evaluation is on the held-out modules at every Matryoshka dimension, with the model as
+A run directory is the language models' (:mod:`experiments.loop`): ``config.json`` (written first),
+``metrics.jsonl`` (appended while training), ``checkpoint.ckpt`` (the fine-tuned weights and optimizer
+state; an interrupted run resumes from it) and ``summary.json`` (written last, atomically; a run that
+has one is skipped). Evaluation is on the held-out modules at every Matryoshka dimension, with the model as
 deployed (weights quantized and dequantized when the run is quantization-aware).
 """
 
@@ -24,19 +25,21 @@ import optax
 import arch
 from arch import quant
 from arch.embedding import EmbeddingModel
+from experiments import checkpoint
 from experiments.data.io import write_json
 from experiments.embed.config import EmbedConfig, config_for
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.losses import embedding_loss
-from experiments.optim import adamw
+from experiments.loop import fit, open_run_dir
 
 
 def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
     """The jitted ``(params, opt_state, batch) -> (params, opt_state, metrics)``."""
     hard = ec.hard_negatives != "none"
     dims = ec.dims() if ec.mrl_train else None
+    schedule = ec.schedule()
 
     def loss_fn(params, b):
         model = quant.fake_quantize_model(eqx.combine(params, static), ec.qat)  # QAT: STE
@@ -55,37 +58,37 @@ def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
             distill_mrl=ec.distill_mrl)
         return total, parts
 
-    @jax.jit
-    def step(params, opt_state, b):
+    def step(params, opt_state, b, at):
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, b)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss, **parts}
+        return optax.apply_updates(params, updates), opt_state, {
+            "loss": loss, **parts, "grad_norm": optax.tree.norm(grads), "lr": schedule(at)}
 
-    return step
-
-
-def optimizer_for(ec: EmbedConfig) -> optax.GradientTransformation:
-    """The common recipe (:func:`experiments.optim.adamw`), with AdamW's own b2 = 0.999 as this
-    recipe has always trained, and decay to 0.1 x ``lr``."""
-    return adamw(ec.lr, ec.steps, warmup=ec.warmup, min_lr_ratio=0.1, weight_decay=ec.weight_decay,
-                 clip=ec.clip)
+    return jax.jit(step)  # not donated: the caller keeps the model it passed in
 
 
-def fine_tune(ec: EmbedConfig, model: EmbeddingModel, data: EmbedData, *, log=None) -> EmbeddingModel:
-    """``ec.steps`` steps of the embedding objective from ``model``."""
+def tokens_per_step(ec: EmbedConfig) -> int:
+    """Tokens one step encodes: each pair's query, positive and (with hard negatives) negative."""
+    return ec.batch * (ec.q_len + ec.p_len * (2 if ec.hard_negatives != "none" else 1))
+
+
+def fine_tune(ec: EmbedConfig, model: EmbeddingModel, data: EmbedData, run_dir: str | Path, *,
+              progress: bool = False, desc: str = "embed") -> EmbeddingModel:
+    """``ec.steps`` steps of the embedding objective from ``model`` by the one training loop
+    (:func:`experiments.loop.fit`): logged, checkpointed and resumable in ``run_dir``."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    optimizer = optimizer_for(ec)
-    opt_state = optimizer.init(params)
+    optimizer = ec.optimizer()
     has_teacher = data.teacher_queries is not None and ec.w_distill > 0
     step = make_step(static, ec, optimizer, has_teacher=has_teacher)
-    start = time.perf_counter()
-    for s in range(ec.steps):
-        batch = data.batch(ec, s, with_teacher=has_teacher)
-        params, opt_state, m = step(params, opt_state, batch)
-        if log is not None and (s % ec.log_every == 0 or s == ec.steps - 1):
-            log({"step": s, **{k: float(v) for k, v in m.items()},
-                 "seconds": round(time.perf_counter() - start, 2)})
-    return eqx.combine(params, static)
+
+    def advance(state, s: int, n: int):  # batch s is a pure function of (ec.seed, s): exact resume
+        params, opt_state, m = step(*state, data.batch(ec, s, with_teacher=has_teacher), s)
+        return (params, opt_state), m
+
+    fitted = fit((params, optimizer.init(params)), advance, run_dir=run_dir, steps=ec.steps, seed=ec.seed,
+                 log_every=ec.log_every, ckpt_every=ec.ckpt_every, tokens_per_step=tokens_per_step(ec),
+                 progress=progress, desc=desc)
+    return eqx.combine(fitted.state[0], static)
 
 
 def abstract_model(ec: EmbedConfig, vocab_size: int) -> EmbeddingModel:
@@ -94,11 +97,11 @@ def abstract_model(ec: EmbedConfig, vocab_size: int) -> EmbeddingModel:
 
 
 def load_model(run_dir: str | Path) -> tuple[EmbeddingModel, EmbedConfig]:
-    """The fine-tuned model of a finished run directory and its config."""
+    """The fine-tuned model of a finished run directory (its final checkpoint) and its config."""
     run_dir = Path(run_dir)
     ec = EmbedConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     vocab = json.loads((run_dir / "summary.json").read_text())["vocab_size"]
-    return eqx.tree_deserialise_leaves(run_dir / "model.eqx", abstract_model(ec, vocab)), ec
+    return checkpoint.load_params(run_dir / checkpoint.CKPT_NAME, abstract_model(ec, vocab)), ec
 
 
 def evaluate(model: EmbeddingModel, data: EmbedData, dims, precision: str | None = None) -> dict:
@@ -113,32 +116,21 @@ def evaluate(model: EmbeddingModel, data: EmbedData, dims, precision: str | None
 
 def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path | None = None,
                     label: str | None = None, tags: dict | None = None, progress: bool = True) -> dict:
-    """Fine-tune and evaluate ``ec`` in ``run_dir`` (skipped when its summary exists)."""
+    """Fine-tune and evaluate ``ec`` in ``run_dir`` (skipped when its summary exists; resumed from its
+    checkpoint when one is there)."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {**ec.to_dict(), "kind": "train"})
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)  # no resume: a run is short; start its log again
+    open_run_dir(ec, run_dir)
     start = time.perf_counter()
-    with open(metrics_path, "a") as f:
-        def log(rec):
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            if progress and "step" in rec:
-                print(f"  [{label or run_dir.name}] {json.dumps(rec)}", flush=True)
-
-        data = prepare(ec)
-        lm_root = Path(lm_root) if lm_root else run_dir.parent.parent / "embedding_lm"
-        model, init_info = initial_model(ec, data.tokenizer, lm_root=lm_root,
-                                         key=jax.random.key(ec.init_seed), log=log,
-                                         vocab_vectors=data.teacher_vocab)
-        init_seconds = time.perf_counter() - start
-        model = fine_tune(ec, model, data, log=log)
+    data = prepare(ec)
+    lm_root = Path(lm_root) if lm_root else run_dir.parent.parent / "embedding_lm"
+    model, init_info = initial_model(ec, data.tokenizer, lm_root=lm_root, key=jax.random.key(ec.init_seed),
+                                     vocab_vectors=data.teacher_vocab, progress=progress)
+    init_seconds = time.perf_counter() - start
+    model = fine_tune(ec, model, data, run_dir, progress=progress, desc=f"embed {label or run_dir.name}")
     train_seconds = time.perf_counter() - start - init_seconds
-    eqx.tree_serialise_leaves(run_dir / "model.eqx", model)
     evals = evaluate(model, data, ec.dims(), ec.qat)
     summary = {
         "label": label or run_dir.name, "tags": tags or {}, "kind": "train", "evals": evals,

@@ -9,6 +9,7 @@ import jax
 from jaxtyping import Array, Float, Int
 
 from gemma_kernels._platform import ATTENTION_IMPLS, resolve_impl, resolve_interpret
+from gemma_kernels.attention.pallas import attention_pallas
 from gemma_kernels.attention.ref import attention_reference
 from gemma_kernels.attention.xla import attention_xla
 
@@ -40,8 +41,6 @@ def attention(
         case "xla":
             return attention_xla(q, k, v, segment_ids=segment_ids, **kwargs)
         case "pallas":
-            from gemma_kernels.attention.pallas import attention_pallas
-
             def one(q, k, v, segment_ids):
                 return attention_pallas(q, k, v, interpret=resolve_interpret(interpret),
                                         segment_ids=segment_ids, **kwargs)

@@ -8,6 +8,7 @@
 from jaxtyping import Array, Float
 
 from gemma_kernels._platform import SCAN_IMPLS, resolve_impl, resolve_interpret
+from gemma_kernels.scan.pallas import linear_scan_pallas
 from gemma_kernels.scan.ref import linear_scan_assoc, linear_scan_reference
 
 
@@ -28,8 +29,6 @@ def linear_scan(
         case "assoc":
             return linear_scan_assoc(a, x, h0)
         case "pallas":
-            from gemma_kernels.scan.pallas import linear_scan_pallas
-
             return linear_scan_pallas(a, x, h0, interpret=resolve_interpret(interpret))
     raise AssertionError("unreachable")
 

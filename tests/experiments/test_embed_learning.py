@@ -63,7 +63,7 @@ def test_tiny_model_fits_pairs_to_perfect_retrieval(tmp_path):
                      by_task={"code": np.arange(len(pairs))}, eval_tasks={"code": (task, tq, td)})
     model, _ = initial_model(ec, tok, lm_root=tmp_path, key=jax.random.key(0))
     before = evaluate_model(model, data.eval_tasks, ec.dims())["code"]["d32"]["recall@1"]
-    model = fine_tune(ec, model, data)
+    model = fine_tune(ec, model, data, tmp_path / "run")
     assert isinstance(model, eqx.Module)
     after = evaluate_model(model, data.eval_tasks, ec.dims())["code"]
     assert before < 0.6

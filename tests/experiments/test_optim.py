@@ -7,8 +7,7 @@ import optax
 import pytest
 
 from experiments.embed.config import BASES
-from experiments.embed.train import optimizer_for
-from experiments.optim import adamw, decay_mask, warmup_cosine
+from experiments.optim import TrainSettings, adamw, decay_mask, warmup_cosine
 from experiments.runconfig import RunConfig
 
 
@@ -48,7 +47,7 @@ def test_embedding_optimizer_keeps_adamw_defaults_and_decays_matrices_only():
     by_hand = optax.chain(optax.clip_by_global_norm(ec.clip), optax.adamw(
         optax.warmup_cosine_decay_schedule(0.0, ec.lr, ec.warmup, ec.steps, ec.lr * 0.1),
         weight_decay=ec.weight_decay, mask=decay_mask))
-    for a, b in zip(_updates(optimizer_for(ec), PARAMS), _updates(by_hand, PARAMS)):
+    for a, b in zip(_updates(ec.optimizer(), PARAMS), _updates(by_hand, PARAMS)):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_array_equal(x, y)
     assert decay_mask(PARAMS) == {"w": True, "bias": False, "gain": False}
@@ -57,3 +56,19 @@ def test_embedding_optimizer_keeps_adamw_defaults_and_decays_matrices_only():
     opt = adamw(1.0, 10, warmup=0, min_lr_ratio=0.1, weight_decay=0.5, clip=1.0, mask=None)
     upd, _ = opt.update(zero, opt.init(PARAMS), PARAMS)
     assert float(jnp.abs(upd["gain"]).sum()) > 0
+
+
+def test_both_configs_extend_the_common_settings_and_check_them():
+    """Language-model and embedding runs share the optimizer fields, their validation and their
+    optimizer; each keeps its own defaults (the embedding recipe AdamW's b2 = 0.999)."""
+    run, ec = RunConfig(preset="tiny_gemma3"), BASES["quick"]
+    assert isinstance(run, TrainSettings) and isinstance(ec, TrainSettings)
+    assert (run.b2, ec.b2) == (0.95, 0.999)
+    for cfg in (run, ec):
+        name = type(cfg).__name__
+        with pytest.raises(ValueError, match=rf"{name}\.ckpt_every=0: must be a positive int"):
+            cfg.replace(ckpt_every=0)
+        with pytest.raises(ValueError, match=rf"{name}\.min_lr_ratio=2"):
+            cfg.replace(min_lr_ratio=2)
+        with pytest.raises(ValueError, match=rf"{name}\.lr=0"):
+            cfg.replace(lr=0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoint, losses
+from experiments.loop import call_length
 from experiments.runconfig import RunConfig
 from experiments.train import NonFiniteLossError, load_trained, main, parse_args, parse_value, train
 
@@ -200,11 +201,9 @@ def test_microbatching_matches_whole_batch():
 
 
 def test_call_length_divides_every_flush_interval(env):
-    from experiments.train import call_length
-
     run = env["run"].replace(log_every=10, eval_every=100, ckpt_every=50)
-    assert call_length(10, run) == 10 and call_length(4, run) == 2 and call_length(1, run) == 1
-    assert call_length(10, run.replace(log_every=3)) == 1
+    assert call_length(10, 10, 100, 50) == 10 and call_length(4, 10, 100, 50) == 2
+    assert call_length(1, 10, 100, 50) == 1 and call_length(10, 3, 100, 50) == 1
     with pytest.raises(ValueError, match="steps_per_call=0"):
         train(run, env["root"] / "k0", progress=False, steps_per_call=0)
 
