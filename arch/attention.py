@@ -6,7 +6,6 @@ with partial RoPE). The visibility rule is :mod:`arch.masks`.
 """
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
@@ -19,7 +18,6 @@ from arch.mixer import AbstractMixer
 from arch.norms import RMSNorm
 from arch.rope import apply_rope
 from arch.typing import Hidden, Positions
-from gemma_kernels import masked_softmax_weights, softcap_logits
 
 
 class KVCache(eqx.Module):
@@ -41,24 +39,15 @@ def cache_slots(positions, size: int, ring: bool):
 def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"], *,
                  q_pos: Int[Array, " t"], k_pos: Int[Array, " s"], window: int | None,
                  softcap: float | None, scale: float) -> Float[Array, "t h e"]:
-    """Causal grouped-query attention of a chunk over cache slots, read in the cache's own dtype.
-
-    The same maths and mask as :func:`gemma_kernels.attention_reference` (identical for an f32 cache), but
-    both products take the cache dtype as inputs (``q`` and the softmax weights are cast to it; they
-    are a few values per head) and accumulate in f32. A bf16 cache is streamed as stored: no f32
-    copy and no transposed copy of it per decoded token, which at 32K context would cost more than
-    the attention itself.
-    """
-    t, h, e = q.shape
-    s, nkv, _ = k.shape
+    """Causal grouped-query attention of a chunk over cache slots, read in the cache's own dtype:
+    :func:`gemma_kernels.grouped_attention` (the reference's maths and mask, identical for an f32
+    cache) with both products taking the cache dtype as inputs (``q`` and the softmax weights are cast
+    to it; they are a few values per head). A bf16 cache is streamed as stored: an f32 copy of it per
+    decoded token would cost more than the attention itself at 32K context."""
     mask = gemma_kernels.visible(q_pos, k_pos, window=window, causal=True)
-    qg = q.reshape(t, nkv, h // nkv, e).astype(k.dtype)
-    logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
-    p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
-    # [k, g, t, s] x [s, k, e] -> [k, g, t, e], batched over KV heads, contracting the slot axis
-    out = jax.lax.dot_general(p.astype(v.dtype), v, (((3,), (0,)), ((0,), (1,))),
-                              preferred_element_type=jnp.float32) / denom
-    return out.transpose(2, 0, 1, 3).reshape(t, h, e).astype(q.dtype)
+    out = gemma_kernels.grouped_attention(q.astype(k.dtype), k, v, mask, softcap=softcap, scale=scale,
+                                          value_dtype=v.dtype)
+    return out.astype(q.dtype)
 
 
 class Attention(AbstractMixer):

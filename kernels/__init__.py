@@ -48,7 +48,7 @@ if __name__ != "gemma_kernels":
 else:
     from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference
-    from gemma_kernels.attention.ref import masked_softmax_weights, softcap_logits
+    from gemma_kernels.attention.ref import grouped_attention
     from gemma_kernels.layout import dot, dot_tn, physical_swap
     from gemma_kernels.masks import bidirectional_radius, visible
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
@@ -61,11 +61,10 @@ else:
         "bidirectional_radius",
         "dot",
         "dot_tn",
+        "grouped_attention",
         "linear_scan",
         "linear_scan_assoc",
         "linear_scan_reference",
-        "masked_softmax_weights",
         "physical_swap",
-        "softcap_logits",
         "visible",
     ]

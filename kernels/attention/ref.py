@@ -51,20 +51,35 @@ def attention_reference(
     attend over a cache whose slots are not in order (ring buffers). ``segment_ids`` (query and key
     side alike, so only when t == s) forbid attention across packed documents.
     """
-    t, h, e = q.shape
-    s, nkv, _ = k.shape
+    t, _, e = q.shape
+    s = k.shape[0]
     scale = e**-0.5 if scale is None else scale
     q_pos = jnp.arange(t) if q_pos is None else q_pos
     k_pos = jnp.arange(s) if k_pos is None else k_pos
     mask = visible(q_pos, k_pos, window=window, causal=causal)
     if segment_ids is not None:
         mask &= segment_ids[:, None] == segment_ids[None, :]
+    return grouped_attention(q, k, v, mask, softcap=softcap, scale=scale).astype(q.dtype)
+
+
+def grouped_attention(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"],
+                      mask: Array, *, softcap: float | None, scale: float,
+                      value_dtype=jnp.float32) -> Float[Array, "t h e"]:
+    """The maths of every dense attention here, under a ``[t, s]`` boolean ``mask``, in f32.
+
+    ``q @ k`` takes the inputs' dtype and accumulates in f32; the softmax is f32; ``p @ v`` takes
+    ``value_dtype`` (f32 for :func:`attention_reference`; a bf16 decode cache passes its own dtype, so
+    it is streamed as stored, with no f32 copy of it) and accumulates in f32. Both products contract
+    straight from the ``[s, k, e]`` layout: no transposed copy of a (possibly long) cache."""
+    t, h, e = q.shape
+    nkv = k.shape[1]
     qg = q.reshape(t, nkv, h // nkv, e)
     logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
     p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
-    # contract straight from v's [s, k, e] layout: no transposed copy of a (possibly long) cache
-    out = jnp.einsum("kgts,ske->tkge", p, v.astype(jnp.float32)) / denom.transpose(2, 0, 1, 3)
-    return out.reshape(t, h, e).astype(q.dtype)
+    # [k, g, t, s] x [s, k, e] -> [k, g, t, e], batched over KV heads, contracting the slot axis
+    out = jax.lax.dot_general(p.astype(value_dtype), v.astype(value_dtype), (((3,), (0,)), ((0,), (1,))),
+                              preferred_element_type=jnp.float32) / denom
+    return out.transpose(2, 0, 1, 3).reshape(t, h, e)
 
 
 def attention_reference_jaxnn(q, k, v, *, window=None, scale=None):
