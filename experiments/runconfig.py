@@ -55,8 +55,8 @@ class RunConfig(TrainSettings):
     # objective
     loss: str = "xent"  # a name in experiments.losses.LOSSES
     loss_kwargs: tuple[tuple[str, Any], ...] = ()
-    # distillation: a trained run directory, "@<short hash>" (a run of the same sweep), a Hugging Face
-    # folder or precomputed samples (experiments.distill.teacher); required by the distill* losses
+    # distillation: a trained run directory, "@<short hash>" (a run of the same sweep) or a Hugging Face
+    # folder (experiments.distill.teacher); required by the distill* losses
     teacher: str | None = None
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100

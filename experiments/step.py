@@ -44,15 +44,14 @@ def batch_loss(params, static, batch: dict, loss_fn=xent, loss_kwargs: dict | No
 
     The model runs on the whole ``[B, T]`` batch, so every projection is one ``[B * T, d]`` matmul;
     the per-sequence loss is vmapped. A ``teacher`` model in ``loss_kwargs`` runs on the same tokens
-    without gradient and the loss gets its ``teacher_logits``; batch entries besides
-    inputs/targets/segment_ids (precomputed teacher samples) go to the loss by name.
+    without gradient and the loss gets its ``teacher_logits``.
     """
     model = eqx.combine(params, static)
     kw = dict(loss_kwargs or {})
     teacher = kw.pop("teacher", None)
     seg = batch["segment_ids"] if doc_mask else None
     logits = model(batch["inputs"], segment_ids=seg)
-    more = {k: v for k, v in batch.items() if k not in ("inputs", "targets", "segment_ids")}
+    more = {}
     if teacher is not None:  # Gemma 2 section 3.2: the frozen teacher on the same tokens
         more["teacher_logits"] = jax.lax.stop_gradient(teacher(batch["inputs"], segment_ids=seg))
     mask = jnp.ones(batch["targets"].shape, jnp.float32)  # packed sequences: every target counts

@@ -36,7 +36,7 @@ from experiments.data.io import write_json
 from experiments.data.tokenizer import get_tokenizer
 from experiments.distill.teacher import load_teacher
 from experiments.flops import flops_per_token, measure_matmul_peak, mfu
-from experiments.loop import NonFiniteLossError, call_length, fit, open_run_dir  # noqa: F401  (re-exported)
+from experiments.loop import NonFiniteLossError, call_length, fit, open_run  # noqa: F401  (re-exported)
 from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
 from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
@@ -92,10 +92,8 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     if not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"train(steps_per_call={steps_per_call!r}): must be an int >= 1")
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
-    open_run_dir(run, run_dir)
+    if (summary := open_run(run, run_dir)) is not None:
+        return summary
     wall_start = time.perf_counter()
     data = load_run_data(run)
     teacher = load_teacher(run, data, run_dir)  # None without run.teacher (experiments.distill.teacher)
@@ -120,7 +118,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     val = data.validation_set(run.eval_batches * run.batch)
 
     def arrays_at(step: int) -> dict:
-        return batch_arrays(batches(step)) | (teacher.feed(batches, step) if teacher else {})
+        return batch_arrays(batches(step))
 
     def advance(state, step: int, n: int):
         at = jnp.asarray(step, jnp.int32)
@@ -161,7 +159,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         "model_config": cfg.to_dict(), "teacher": teacher.info if teacher else None,
     }
     if jax.process_index() == 0:
-        write_json(summary_path, summary)
+        write_json(run_dir / "summary.json", summary)
     return summary
 
 

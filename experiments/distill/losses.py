@@ -187,26 +187,11 @@ def _sequence_key(key: Array, targets: Int[Array, " t"]) -> Array:
 
 def distill_sampled(logits: Float[Array, "t v"], targets: Int[Array, " t"], mask: Float[Array, " t"], *,
                     teacher_logits: Float[Array, "t v"] | None = None, key: Array | None = None,
-                    teacher_indices: Int[Array, "t k"] | None = None,
-                    teacher_probs: Float[Array, "t k"] | None = None, k: int = DEFAULT_K, tau: float = 1.0,
-                    alpha: float = 1.0, chunk: int = CHUNK) -> Float[Array, ""]:
+                    k: int = DEFAULT_K, tau: float = 1.0, alpha: float = 1.0, chunk: int = CHUNK
+                    ) -> Float[Array, ""]:
     """Gemma 3 section 2.2: cross-entropy against p_T kept at ``k`` sampled entries (zero elsewhere),
-    renormalised over the drawn set. Either on the fly (``teacher_logits`` and a per-step ``key``) or
-    from precomputed samples (``teacher_indices``, ``teacher_probs``; see :mod:`experiments.distill.teacher`),
-    in which case ``tau`` applies to the student only (the samples were drawn at precompute time)."""
+    renormalised over the drawn set, drawn on the fly from ``teacher_logits`` with the step's ``key``."""
     name = "distill_sampled"
-    if teacher_indices is not None:
-        _check_scalars(name, tau, alpha)
-        if teacher_probs is None or teacher_probs.shape != teacher_indices.shape:
-            raise ValueError(f"loss {name!r}: teacher_probs must have the shape of teacher_indices "
-                             f"{tuple(teacher_indices.shape)}")
-        logits = logits.astype(jnp.float32)
-        idx = teacher_indices.astype(jnp.int32)
-        if idx.shape[0] != logits.shape[0]:
-            raise ValueError(f"loss {name!r}: {idx.shape[0]} precomputed tokens for {logits.shape[0]}")
-        per = chunked(lambda s, i, w: sparse_xent(s / tau, i, w),
-                      (logits, idx, teacher_probs.astype(jnp.float32)), chunk=chunk)
-        return _finish(per, logits, targets, mask, tau, alpha)
     _check(name, logits, teacher_logits, tau, alpha)
     _check_scalars(name, tau, alpha, k, logits.shape[-1])
     if key is None:
@@ -234,7 +219,7 @@ def check_loss_and_teacher(loss: str, teacher: str | None) -> None:
     """RunConfig validation: a distillation loss needs a teacher and a teacher needs one."""
     if needs_teacher(loss) and teacher is None:
         raise ValueError(f"RunConfig.loss={loss!r} distils: set RunConfig.teacher (a run directory, "
-                         f"'@<hash>' of a sibling run, a Hugging Face folder or precomputed samples)")
+                         f"'@<hash>' of a sibling run or a Hugging Face folder)")
     if teacher is not None and not needs_teacher(loss):
         raise ValueError(f"RunConfig.teacher={teacher!r} with loss={loss!r}, which ignores it; use a "
                          f"distillation loss (distill, distill_kl, distill_reverse_kl, distill_topk, "
