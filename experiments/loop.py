@@ -14,7 +14,8 @@ A recipe hands the loop its ``(params, opt_state)`` state and ``advance(state, s
 - the flush schedule (log / evaluate / checkpoint / ``stop_at``), a non-finite loss stopping the run
   with the last good checkpoint named, throughput excluding compilation and evaluation, the bar.
 
-``open_run_dir`` writes (or checks) ``config.json``; the recipe writes ``summary.json`` last.
+``open_run`` returns a finished run's summary or writes (or checks) ``config.json``; the recipe writes
+``summary.json`` last.
 """
 
 from __future__ import annotations
@@ -51,18 +52,23 @@ class Fitted:
     stopped_at: int | None = None  # set when ``stop_at`` ended the attempt early
 
 
-def open_run_dir(config, run_dir: Path) -> None:
-    """Create ``run_dir`` with ``config.json`` (``config.to_dict()``), or check that the one there
-    holds the same run (``from_dict`` of the class, compared by value)."""
-    path = Path(run_dir) / "config.json"
+def open_run(config, run_dir: str | Path) -> dict | None:
+    """The summary of a finished run in ``run_dir`` (``summary.json`` is written last); else None,
+    after creating the directory with ``config.json`` (``config.to_dict()``) or checking that the one
+    there holds the same run (``from_dict`` of the class, compared by value)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "config.json"
     if path.exists():
         existing = type(config).from_dict(json.loads(path.read_text()))
         if existing != config:
             raise ValueError(f"{path} holds a different run ({existing.short_hash()}) than the one "
                              f"asked for ({config.short_hash()}); use another --out or --resume")
-        return
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, config.to_dict())
+    return None
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -32,7 +32,7 @@ from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
 from experiments.embed.losses import embedding_loss
-from experiments.loop import fit, open_run_dir
+from experiments.loop import fit, open_run
 
 
 def make_step(static, ec: EmbedConfig, optimizer, *, has_teacher: bool):
@@ -119,10 +119,8 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
     """Fine-tune and evaluate ``ec`` in ``run_dir`` (skipped when its summary exists; resumed from its
     checkpoint when one is there)."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
-    open_run_dir(ec, run_dir)
+    if (summary := open_run(ec, run_dir)) is not None:
+        return summary
     start = time.perf_counter()
     data = prepare(ec)
     lm_root = Path(lm_root) if lm_root else run_dir.parent.parent / "embedding_lm"
@@ -142,7 +140,7 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
         "model_config": model.cfg.to_dict(), "params": arch.count_params(model.trunk)["total"],
         "init_seconds": round(init_seconds, 1), "train_seconds": round(train_seconds, 1), **init_info,
     }
-    write_json(summary_path, summary)
+    write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
+from torch_models import randomize  # noqa: E402
+
 import arch  # noqa: E402
 from arch.hf import config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
 from arch.hf_layouts import pattern_of  # noqa: E402
@@ -27,15 +29,6 @@ VOCAB, T, NEW = 97, 26, 12
 COMMON = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_attention_heads=6,
               num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=6,
               attn_implementation="eager")
-
-
-def randomize(model, seed=0):
-    """Every parameter (norm weights included) from N(0, 0.3^2), so no (1 + w) or bias hides a bug."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-    return model.eval()
 
 
 def build(family):

@@ -16,6 +16,8 @@ torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 st = pytest.importorskip("sentence_transformers")
 
+from torch_models import randomize  # noqa: E402
+
 import arch  # noqa: E402
 from arch.hf import from_hf, to_hf  # noqa: E402
 
@@ -25,14 +27,6 @@ TEXT = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_attentio
             num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
             num_hidden_layers=7, attn_implementation="eager")
 EAGER = dict(attn_implementation="eager")
-
-
-def randomize(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-    return model.eval()
 
 
 def tokenizer():

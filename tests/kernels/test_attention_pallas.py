@@ -55,6 +55,18 @@ def _loss(fn, w):
     return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w)
 
 
+def assert_matches(fn, ref, q, k, v, w, tol):
+    """``fn``'s output and its gradients in q, k and v are within ``tol`` (relative) of ``ref``'s, with
+    ``fn`` keeping the inputs' dtype."""
+    out = fn(q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert rel_err(out, ref(q, k, v)) < tol
+    grads = jax.grad(_loss(fn, w), (0, 1, 2))(q, k, v)
+    for got, want in zip(grads, jax.grad(_loss(ref, w), (0, 1, 2))(q, k, v)):
+        assert got.shape == want.shape and got.dtype == q.dtype
+        assert rel_err(got, want) < tol
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_and_grad_match_reference(name):
     t, h, kv, e, window, causal, softcap, cuts, blocks = CASES[name]
@@ -63,14 +75,7 @@ def test_forward_and_grad_match_reference(name):
     opts = dict(window=window, causal=causal, softcap=softcap, segment_ids=seg)
     pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=blocks, **opts)  # noqa: E731
     ref = lambda q, k, v: gemma_kernels.attention_reference(q, k, v, **opts)  # noqa: E731
-    out, want = pallas(q, k, v), ref(q, k, v)
-    assert out.shape == want.shape and out.dtype == q.dtype
-    assert rel_err(out, want) < 1e-5
-    grads = jax.grad(_loss(pallas, w), (0, 1, 2))(q, k, v)
-    want_grads = jax.grad(_loss(ref, w), (0, 1, 2))(q, k, v)
-    for got, exp in zip(grads, want_grads):
-        assert got.shape == exp.shape
-        assert rel_err(got, exp) < 1e-5
+    assert_matches(pallas, ref, q, k, v, w, 1e-5)
 
 
 def test_public_entry_point_dispatches_to_pallas():
@@ -88,14 +93,7 @@ def test_bf16_inputs_f32_accumulation():
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
         return gemma_kernels.attention_reference(*f32, **opts)
 
-    out = pallas(q, k, v)
-    assert out.dtype == jnp.bfloat16
-    assert rel_err(out, ref(q, k, v)) < 2e-2
-    grads = jax.grad(_loss(pallas, w), (0, 1, 2))(q, k, v)
-    want = jax.grad(_loss(ref, w), (0, 1, 2))(q, k, v)
-    for got, exp in zip(grads, want):
-        assert got.dtype == jnp.bfloat16
-        assert rel_err(got, exp) < 2e-2
+    assert_matches(pallas, ref, q, k, v, w, 2e-2)  # outputs and gradients in bf16
 
 
 def test_vmap_over_batch_with_segments():
