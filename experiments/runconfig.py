@@ -12,6 +12,7 @@ from typing import Any
 
 import arch
 from arch.config import ModelConfig
+from experiments.data.tasks import Task, parse_task
 from experiments.data.tokenizer import load_tokenizer
 from experiments.distill.losses import check_loss_and_teacher
 from experiments.losses import get_loss
@@ -58,6 +59,12 @@ class RunConfig(TrainSettings):
     # distillation: a trained run directory, "@<short hash>" (a run of the same sweep) or a Hugging Face
     # folder (experiments.distill.teacher); required by the distill* losses
     teacher: str | None = None
+    # a synthetic task (experiments.data.tasks.TASKS) with its sizes (Task's fields), as the whole
+    # training data (task_fraction 1: the loss counts the answers only) or as that fraction of the rows
+    # mixed into the corpus
+    task: str | None = None
+    task_kwargs: tuple[tuple[str, Any], ...] = ()
+    task_fraction: float = 1.0
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100
     eval_batches: int = 4
@@ -76,9 +83,14 @@ class RunConfig(TrainSettings):
                              f"batch={self.batch}")
         # Normalise sequences (e.g. lists from JSON or callers) to hashable tuples of pairs.
         # Sorted by name (later duplicates win, as in a dict): equal configs get equal hashes.
-        for name in ("overrides", "loss_kwargs"):
+        for name in ("overrides", "loss_kwargs", "task_kwargs"):
             pairs = dict((str(k), _freeze(v)) for k, v in getattr(self, name))
             object.__setattr__(self, name, tuple(sorted(pairs.items())))
+        if not 0 < self.task_fraction <= 1:
+            raise ValueError(f"RunConfig.task_fraction={self.task_fraction!r}: must be in (0, 1]")
+        if self.task is None and (self.task_kwargs or self.task_fraction != 1.0):
+            raise ValueError("RunConfig.task_kwargs / task_fraction given without RunConfig.task")
+        self.task_spec()  # an unknown task or size fails here, naming it
         self.base_model_config()  # fail now, naming the field, rather than at the first step
         get_loss(self.loss)  # an unknown loss fails here, listing the known ones
         check_loss_and_teacher(self.loss, self.teacher)
@@ -101,9 +113,14 @@ class RunConfig(TrainSettings):
         return self.base_model_config().replace(vocab_size=vocab_size)
 
     def to_dict(self) -> dict:
+        """Every field, except the task fields at their defaults: they came after many results were
+        named by their hash, and a run without a task keeps its name."""
         d = dataclasses.asdict(self)
-        d["overrides"] = [list(p) for p in self.overrides]
-        d["loss_kwargs"] = [list(p) for p in self.loss_kwargs]
+        for name in ("overrides", "loss_kwargs", "task_kwargs"):
+            d[name] = [list(p) for p in getattr(self, name)]
+        for name in _LATER_FIELDS:
+            if getattr(self, name) == _DEFAULTS[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -120,6 +137,17 @@ class RunConfig(TrainSettings):
     def short_hash(self) -> str:
         return short_hash(self.to_dict())
 
+    def task_spec(self, vocab_size: int | None = None) -> Task | None:
+        """The synthetic task this run trains on (None: the corpus only), in a vocabulary of
+        ``vocab_size`` ids (default: ``self.vocab_size``, a pure-task run's own)."""
+        if self.task is None:
+            return None
+        return parse_task(self.task, self.seq_len, vocab_size or self.vocab_size, self.task_kwargs)
+
+    @property
+    def pure_task(self) -> bool:
+        return self.task is not None and self.task_fraction == 1.0
+
     def with_model(self, **overrides) -> RunConfig:
         """A copy with more ModelConfig overrides (later ones win)."""
         return self.replace(overrides=(*self.overrides, *overrides.items()))
@@ -130,3 +158,7 @@ class RunConfig(TrainSettings):
     @property
     def tokens_per_step(self) -> int:
         return self.batch * self.seq_len
+
+
+_LATER_FIELDS = ("task", "task_kwargs", "task_fraction")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in _LATER_FIELDS}

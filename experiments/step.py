@@ -28,8 +28,9 @@ def init_params(cfg: arch.ModelConfig, seed: int) -> tuple[Any, Any]:
 
 
 def batch_arrays(b) -> dict[str, np.ndarray]:
-    """The parts of an ``experiments.data.batches.Batch`` the step reads."""
-    return {"inputs": b.inputs, "targets": b.targets, "segment_ids": b.segment_ids}
+    """The parts of an ``experiments.data.batches.Batch`` the step reads (the loss mask when it has one)."""
+    out = {"inputs": b.inputs, "targets": b.targets, "segment_ids": b.segment_ids}
+    return out if b.loss_mask is None else out | {"loss_mask": b.loss_mask}
 
 
 def stack_steps(per_step: list[dict]) -> dict:
@@ -54,7 +55,8 @@ def batch_loss(params, static, batch: dict, loss_fn=xent, loss_kwargs: dict | No
     more = {}
     if teacher is not None:  # Gemma 2 section 3.2: the frozen teacher on the same tokens
         more["teacher_logits"] = jax.lax.stop_gradient(teacher(batch["inputs"], segment_ids=seg))
-    mask = jnp.ones(batch["targets"].shape, jnp.float32)  # packed sequences: every target counts
+    # packed sequences: every target counts; task rows: their answers (Batch.loss_mask)
+    mask = batch.get("loss_mask", jnp.ones(batch["targets"].shape, bool)).astype(jnp.float32)
 
     def one(logits, targets, mask, more):
         return loss_fn(logits.astype(jnp.float32), targets, mask, **kw, **more)

@@ -33,6 +33,7 @@ from experiments import sharding as shd
 from experiments.data.batches import Data, prepare_data
 from experiments.data.corpus import load_corpus, unigram_entropy
 from experiments.data.io import write_json
+from experiments.data.tasks import TASKS, task_data
 from experiments.data.tokenizer import get_tokenizer
 from experiments.distill.teacher import load_teacher
 from experiments.flops import flops_per_token, measure_matmul_peak, mfu
@@ -56,10 +57,14 @@ def git_sha() -> str | None:
 # ---------------------------------------------------------------------------------------------- train
 def load_run_data(run: RunConfig) -> Data:
     """The corpus (default or ``run.data``), its tokenizer (trained and cached, or ``run.tokenizer``),
-    packed into sequences of ``run.seq_len``."""
+    packed into sequences of ``run.seq_len``; or the run's synthetic task, alone or mixed into them
+    (:func:`experiments.data.tasks.task_data`)."""
+    if run.pure_task:
+        return task_data(run.task_spec())
     corpus = load_corpus(run.data)
     tok = get_tokenizer(corpus, vocab_size=run.vocab_size, model_file=run.tokenizer)
-    return prepare_data(corpus, tok, run.seq_len)
+    data = prepare_data(corpus, tok, run.seq_len)
+    return data if run.task is None else task_data(run.task_spec(tok.vocab_size), data, run.task_fraction)
 
 
 def evaluate(eval_step, params, val, batch_size: int, put, divisor: int = 1) -> float:
@@ -178,6 +183,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
     p.add_argument("--override", action="append", default=[], metavar="K=V",
                    help="ModelConfig override, value parsed as a Python literal (else a string)")
     p.add_argument("--data", help="text folder/files, .jsonl or .parquet (default: the stdlib corpus)")
+    p.add_argument("--task", choices=TASKS, help="train on a synthetic task (experiments.data.tasks), "
+                   "alone or, with --task-fraction < 1, mixed into the corpus")
+    p.add_argument("--task-kwarg", action="append", default=[], metavar="K=V", dest="task_kwarg",
+                   help="a task size (pairs, keys, values, key_len, gap, max_gap), e.g. pairs=8")
+    p.add_argument("--task-fraction", type=float, dest="task_fraction",
+                   help="share of rows from the task (default 1: the task alone)")
     p.add_argument("--tokenizer", help="an existing SentencePiece .model (default: train one)")
     p.add_argument("--vocab-size", type=int, dest="vocab_size")
     p.add_argument("--steps", type=int)
@@ -195,25 +206,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
                    help="train steps per jitted call, at most (each call allocates its memory once)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed", "matmul_dtype")
+    fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed", "matmul_dtype",
+              "task", "task_fraction")
     if a.resume:
         if not a.out:
             p.error("--resume needs --out DIR (a run directory with a config.json)")
         flag = {act.dest: act.option_strings[0] for act in p._actions if act.option_strings}
-        given = [flag[k] for k in ("preset", "override", *fields) if getattr(a, k)]
+        given = [flag[k] for k in ("preset", "override", "task_kwarg", *fields) if getattr(a, k)]
         if given:
             p.error(f"--resume continues the run in --out exactly as its config.json says; "
                     f"{', '.join(given)} cannot change it (start a new run with another --out instead)")
         run = RunConfig.from_dict(json.loads((Path(a.out) / "config.json").read_text()))
     else:
-        overrides = []
-        for item in a.override:
-            key, sep, value = item.partition("=")
-            if not sep:
-                p.error(f"--override {item!r}: expected KEY=VALUE")
-            overrides.append((key.strip(), parse_value(value.strip())))
+        def pairs(flag: str, items: list[str]) -> tuple[tuple[str, Any], ...]:
+            out = []
+            for item in items:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    p.error(f"{flag} {item!r}: expected KEY=VALUE")
+                out.append((key.strip(), parse_value(value.strip())))
+            return tuple(out)
+
         kw = {k: getattr(a, k) for k in fields if getattr(a, k) is not None}
-        run = RunConfig(preset=a.preset or "small_gemma3", overrides=tuple(overrides), **kw)
+        run = RunConfig(preset=a.preset or "small_gemma3", overrides=pairs("--override", a.override),
+                        task_kwargs=pairs("--task-kwarg", a.task_kwarg), **kw)
     out = Path(a.out) if a.out else REPO_ROOT / "results" / "train" / run.short_hash()
     if a.steps_per_call < 1:
         p.error(f"--steps-per-call {a.steps_per_call}: must be >= 1")

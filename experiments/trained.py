@@ -15,6 +15,7 @@ import jax
 import arch
 from experiments import checkpoint
 from experiments.data.corpus import load_corpus
+from experiments.data.tasks import TaskVocab
 from experiments.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 from experiments.runconfig import RunConfig
 
@@ -27,7 +28,9 @@ def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]
     tok_path = run.tokenizer
     if tok_path is None and summary_path.exists():
         tok_path = json.loads(summary_path.read_text()).get("tokenizer_path")
-    if tok_path is not None and Path(tok_path).exists():
+    if run.pure_task:
+        tok = TaskVocab(run.vocab_size)
+    elif tok_path is not None and Path(tok_path).exists():
         tok = load_tokenizer(tok_path)
     else:
         tok = get_tokenizer(load_corpus(run.data), vocab_size=run.vocab_size)

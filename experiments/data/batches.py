@@ -32,6 +32,8 @@ class Batch(NamedTuple):
     targets: np.ndarray  # int32 [B, T]; targets[:, t] == inputs[:, t + 1] within the stream
     segment_ids: np.ndarray  # int32 [B, T]; 0 at t=0, +1 at each token that follows an EOS
     doc_start: np.ndarray  # bool [B, T]; the input token is the first token of a document
+    loss_mask: np.ndarray | None = None  # bool [B, T]: the targets the loss counts (None: every one)
+    distance: np.ndarray | None = None  # int32 [B, T]: a task answer's distance to its source; -1: none
 
 
 def token_stream(

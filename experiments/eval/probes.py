@@ -44,6 +44,12 @@ class Accuracy(NamedTuple):
     chance: float
 
 
+class ByBucket(NamedTuple):
+    accuracy: dict[tuple[int, int], float]  # [lo, hi) distance bucket -> accuracy (NaN: no answer there)
+    answers: dict[tuple[int, int], int]  # [lo, hi) -> answers scored
+    chance: float
+
+
 # ----------------------------------------------------------------------------- running logits_fn
 
 
@@ -303,3 +309,45 @@ def mqar(
     logp = _chunked(logits_fn, _gather_logprobs, batch_size, tokens, positions, ids)
     wins = expected_wins(logp.reshape(-1, len(vr)), np.stack(answers).reshape(-1))
     return Accuracy(float(wins.mean()), 1.0 / len(vr))
+
+
+# ----------------------------------------------------------------------------- trained tasks
+
+
+@jax.jit
+def _wins_among(logits: Float[Array, "b t v"], ids: Int[Array, " c"], targets: Int[Array, "b t"]
+                ) -> Float[Array, "b t"]:
+    """Per position, the chance that the target ranks first among ``ids`` (contiguous) under a random
+    tie-break (a tie of the target with k others at the top counts 1 / (k + 1))."""
+    scores = logits[..., ids].astype(jnp.float32)
+    at_top = scores == jnp.max(scores, axis=-1, keepdims=True)
+    col = jnp.clip(targets - ids[0], 0, ids.shape[0] - 1)
+    hit = jnp.take_along_axis(at_top, col[..., None], axis=-1)[..., 0]
+    return jnp.where(hit, 1.0 / jnp.sum(at_top, axis=-1), 0.0)
+
+
+def distance_edges(window: int | None, layers: int) -> tuple[int, ...]:
+    """Distance bucket edges for a task: inside the local window (``< window``), inside the receptive
+    field of ``layers`` local layers (``<= layers * (window - 1)``), beyond it. No window: one bucket."""
+    if window is None:
+        return ()
+    return (window, layers * (window - 1) + 1)
+
+
+def task_accuracy(logits_fn: LogitsFn, inputs: Int[np.ndarray, "n t"], targets: Int[np.ndarray, "n t"],
+                  answer: np.ndarray, distance: np.ndarray, answer_ids: np.ndarray, *,
+                  edges: Sequence[int] = (), batch_size: int = 8) -> ByBucket:
+    """Accuracy at a task's answer positions (the target ranks first among the contiguous
+    ``answer_ids``, ties broken at random in expectation, so a uniform model scores exactly chance),
+    grouped by the answer's distance into the buckets ``[0, e1), [e1, e2), ..., [ek, inf)``; chance is
+    ``1 / len(answer_ids)``. ``answer``/``distance``: the task rows' (``experiments.data.tasks``)."""
+    ids = jnp.asarray(answer_ids, jnp.int32)
+    wins = _chunked(logits_fn, lambda logits, t: _wins_among(logits, ids, t), batch_size, inputs, targets)
+    right, d = wins[answer], distance[answer]
+    bounds = (0, *edges, np.iinfo(np.int32).max)
+    acc, count = {}, {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        sel = (d >= lo) & (d < hi)
+        acc[(lo, hi)] = float(right[sel].mean()) if sel.any() else float("nan")
+        count[(lo, hi)] = int(sel.sum())
+    return ByBucket(acc, count, 1.0 / len(answer_ids))

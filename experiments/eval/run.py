@@ -15,6 +15,7 @@ import numpy as np
 import arch
 from experiments.data.batches import prepare_data
 from experiments.data.corpus import load_corpus
+from experiments.data.tasks import Task
 from experiments.eval import suite as evals
 from experiments.train import load_trained
 
@@ -33,11 +34,15 @@ def evaluate_run(run_dir: str | Path, *, overrides: dict[str, Any] | None = None
         model = arch.reconfigure(model, **overrides)
     cfg = model.cfg
     seq_len = seq_len or run.seq_len
+    out: dict[str, Any] = {"eval_seq_len": seq_len, **memory_figures(cfg)}
+    if run.task is not None:
+        out.update(task_evals(model, run.task_spec(cfg.vocab_size), quick=quick))
+    if run.pure_task:  # no text to measure perplexity or the text probes on
+        return out
     data = prepare_data(load_corpus(run.data), tokenizer, seq_len)
     val = data.validation_set(min(4 if quick else 16, len(data.validation)))
     has_local = "L" in cfg.layer_kinds
     window = cfg.window if has_local else seq_len // 4
-    out: dict[str, Any] = {"eval_seq_len": seq_len}
     out.update(evals.run_probes(model, tokenizer, val, window=window, seq_len=seq_len, quick=quick,
                                 batch_size=4))
     # loss by position over every validation sequence (the probes' own figure uses only a few rows)
@@ -48,9 +53,33 @@ def evaluate_run(run_dir: str | Path, *, overrides: dict[str, Any] | None = None
     tokens = sum(by_pos.tokens.values())
     out["val_loss"] = sum(by_pos.loss[b] * n for b, n in by_pos.tokens.items()) / max(tokens, 1)
     out["val_ppl"] = math.exp(min(out["val_loss"], 50.0))
-    out["cache_bytes_32k"] = int(arch.memory.cache_bytes(cfg, CONTEXT_FOR_MEMORY, dtype="bfloat16"))
-    out["weights_bytes_bf16"] = int(arch.memory.weights_bytes(cfg, "bfloat16"))
-    out["params_non_embedding"] = arch.count_params(cfg)["non_embedding"]
-    out["pattern"] = cfg.pattern
-    out["window"] = cfg.window if has_local else None
     return out
+
+
+def memory_figures(cfg: arch.ModelConfig) -> dict[str, Any]:
+    """Decode-cache bytes at 32K (bf16), weight bytes, parameters, and the pattern and window."""
+    return {"cache_bytes_32k": int(arch.memory.cache_bytes(cfg, CONTEXT_FOR_MEMORY, dtype="bfloat16")),
+            "weights_bytes_bf16": int(arch.memory.weights_bytes(cfg, "bfloat16")),
+            "params_non_embedding": arch.count_params(cfg)["non_embedding"], "pattern": cfg.pattern,
+            "window": cfg.window if "L" in cfg.layer_kinds else None}
+
+
+TASK_BUCKETS = ("window", "field", "beyond")  # inside the window, inside L local layers' reach, beyond
+
+
+def task_evals(model, task: Task, *, quick: bool = False) -> dict[str, Any]:
+    """Accuracy on held-out rows of the run's task (stream 1) by answer distance: ``task_acc_window``
+    (inside the local window), ``task_acc_field`` (inside what ``num_layers`` local layers of that window
+    reach), ``task_acc_beyond`` (out of a local-only stack's reach), overall ``task_acc``, and the
+    chance level. Buckets come from the config's window even for a model without local layers, so
+    every model of a sweep is scored on the same distances."""
+    rows = task.rows(1, range(64 if quick else 256))
+    cfg = model.cfg
+    edges = evals.distance_edges(cfg.window, cfg.num_layers)
+    got = evals.task_accuracy(evals.model_logits_fn(model), rows.tokens[:, :-1], rows.tokens[:, 1:],
+                              rows.answer, rows.distance, task.answer_ids(), edges=edges, batch_size=8)
+    out = {f"task_acc_{name}": acc for name, acc in zip(TASK_BUCKETS, got.accuracy.values())}
+    out |= {f"task_answers_{name}": n for name, n in zip(TASK_BUCKETS, got.answers.values())}
+    pairs = [(a, n) for a, n in zip(got.accuracy.values(), got.answers.values()) if n]
+    out["task_acc"] = sum(a * n for a, n in pairs) / max(sum(n for _, n in pairs), 1)
+    return out | {"task_chance": got.chance, "task_edges": list(edges)}

@@ -14,27 +14,33 @@ import numpy as np
 from experiments.eval.probes import (
     Accuracy,
     BucketedLoss,
+    ByBucket,
     ByDistance,
     LogitsFn,
     default_buckets,
+    distance_edges,
     loss_by_position,
     mqar,
     passkey,
+    task_accuracy,
 )
 
 __all__ = [
     "Accuracy",
     "BucketedLoss",
+    "ByBucket",
     "ByDistance",
     "LogitsFn",
     "default_buckets",
     "digit_ids",
+    "distance_edges",
     "loss_by_position",
     "model_logits_fn",
     "mqar",
     "passkey",
     "probe_distances",
     "run_probes",
+    "task_accuracy",
 ]
 
 
