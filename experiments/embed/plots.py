@@ -4,6 +4,11 @@
 text (what ``python -m experiments.sweeps embedding`` shows after a run); ``plot_all(df, figures,
 name)`` draws every point against BM25, quality vs Matryoshka dimension (Tables 6-8) and quality vs
 bits per weight (Table 1). The sweep registers both; they read the finished runs of ``df`` only.
+
+A point run with several seeds (``--seeds N``) has one row per seed under its label: the tables give
+each label's mean, with ``n`` and each metric's ``.lo``/``.hi`` (95% interval,
+:func:`experiments.sweeps.stats.summarize`) when a label has more than one seed, the report prints them
+as ``0.526 [0.520, 0.531]``, and the figures draw the intervals as error bars.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from experiments.sweeps.plots import label_axes, save_figure
+from experiments.sweeps import stats
+from experiments.sweeps.plots import draw_interval, label_axes, save_figure
 
 METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 TABLES = {  # name -> labels, in order (a label absent at a scale is skipped)
@@ -46,8 +52,18 @@ def full_dim_column(df: pd.DataFrame, task: str, metric: str, row) -> float:
     return float("nan")
 
 
+def over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-run ``rows`` (a ``label`` column and metric columns) as one row per label, in the order labels
+    first appear: the means, plus ``n`` and each metric's ``.lo``/``.hi`` (95% interval) when a label
+    has more than one run; a table of one run per label comes back as it is."""
+    if rows.empty or not rows["label"].duplicated().any():
+        return rows
+    return stats.summarize(rows, [c for c in rows.columns if c != "label"])
+
+
 def summary_table(df: pd.DataFrame, labels: list[str] | None = None) -> pd.DataFrame:
-    """One row per label: code-search metrics at full dimension, topic nDCG@10, bits per weight."""
+    """One row per label: code-search metrics at full dimension, topic nDCG@10, bits per weight; the
+    mean over a label's seeds, with intervals (:func:`over_seeds`)."""
     rows = []
     for _, r in df.iterrows():
         if labels is not None and r["label"] not in labels:
@@ -59,7 +75,7 @@ def summary_table(df: pd.DataFrame, labels: list[str] | None = None) -> pd.DataF
         if "bits_per_weight" in r and pd.notna(r.get("bits_per_weight")):
             row["bits/weight"] = float(r["bits_per_weight"])
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = over_seeds(pd.DataFrame(rows))
     if labels is not None and not out.empty:
         out = out.set_index("label").loc[[x for x in labels if x in set(out["label"])]].reset_index()
     return out
@@ -67,12 +83,13 @@ def summary_table(df: pd.DataFrame, labels: list[str] | None = None) -> pd.DataF
 
 def dimension_table(df: pd.DataFrame, labels: list[str] | None = None, metric: str = "ndcg@10"
                     ) -> pd.DataFrame:
-    """Code-search ``metric`` at every Matryoshka prefix (Tables 6-8), one row per run."""
+    """Code-search ``metric`` at every Matryoshka prefix (Tables 6-8), one row per label (the mean
+    over its seeds, with intervals: :func:`over_seeds`)."""
     ds = dims(df)
     view = df if labels is None else df[df["label"].isin(labels)]
     cols = {f"evals.code.d{d}.{metric}": f"d={d}" for d in ds}
     out = view[["label", *cols]].rename(columns=cols).reset_index(drop=True)
-    return out.dropna(axis=0, how="all", subset=list(cols.values()))
+    return over_seeds(out.dropna(axis=0, how="all", subset=list(cols.values()))).reset_index(drop=True)
 
 
 def _finished(df: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -93,8 +110,10 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def report(df: pd.DataFrame) -> str:
-    """:func:`tables` as plain text, one titled block per table."""
-    return "\n".join(f"\n== {name}\n{table.to_string(float_format=lambda x: f'{x:.3f}')}"
+    """:func:`tables` as plain text, one titled block per table; a metric with an interval over seeds
+    as ``mean [lo, hi]`` (:func:`experiments.sweeps.stats.fold`)."""
+    fmt = "{:.3f}".format
+    return "\n".join(f"\n== {name}\n{stats.fold(table, fmt).to_string(float_format=fmt)}"
                      for name, table in tables(df).items())
 
 
@@ -115,6 +134,7 @@ def plot_all(df: pd.DataFrame, figures: Path, name: str = "embedding") -> list[P
         color = {"base": "C2", "teacher": "C3", "untrained random": "C7", "untrained encoder": "C7"}
         colors = [color.get(x, "C0") for x in rows["label"]]
         ax.barh(list(y), rows["code ndcg@10"], color=colors)
+        draw_interval(ax, list(y), rows, "code ndcg@10", horizontal=True)
         ax.set_yticks(list(y), rows["label"], fontsize=8)
         if bm25_score is not None:
             ax.axvline(bm25_score, color="k", ls="--", lw=1, label=f"BM25 {bm25_score:.3f}")
@@ -124,10 +144,15 @@ def plot_all(df: pd.DataFrame, figures: Path, name: str = "embedding") -> list[P
 
     ds = dims(df)
     fig, ax = plt.subplots(figsize=(6, 4))
+    curves = [f"evals.code.d{d}.ndcg@10" for d in ds]
+    by_dim = stats.summarize(df, curves).set_index("label")
     for label in ("teacher", "base", "no MRL", "init random", "soup", "untrained encoder"):
-        row = df[df["label"] == label]
-        if not row.empty:
-            ax.plot(ds, [row.iloc[0][f"evals.code.d{d}.ndcg@10"] for d in ds], marker="o", label=label)
+        if label in by_dim.index:
+            row = by_dim.loc[label]
+            (line,) = ax.plot(ds, [row[c] for c in curves], marker="o", label=label)
+            if row["n"] > 1:
+                ax.fill_between(ds, [row[f"{c}.lo"] for c in curves], [row[f"{c}.hi"] for c in curves],
+                                color=line.get_color(), alpha=0.2, lw=0)
     if bm25_score is not None:
         ax.axhline(bm25_score, color="k", ls="--", label="BM25")
     label_axes(ax, "embedding dimension (Matryoshka prefix)", "held-out code nDCG@10",
@@ -145,6 +170,7 @@ def plot_all(df: pd.DataFrame, figures: Path, name: str = "embedding") -> list[P
                        color="C1" if qat else "C0")
             ax.annotate(r["label"], (r["bits/weight"], r["code ndcg@10"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+        draw_interval(ax, q["bits/weight"], q, "code ndcg@10")
     if bm25_score is not None:  # the scale of the differences: what a lexical baseline scores
         ax.axhline(bm25_score, color="k", ls="--", lw=1, label="BM25")
     label_axes(ax, "bits per weight (codes + scales)", "held-out code nDCG@10",

@@ -15,6 +15,11 @@ teacher's vectors of the vocabulary and every block starts near the identity), p
   mixed runs served quantized;
 - baselines: BM25 and the untrained models (the floor).
 
+With ``--seeds N`` a trained point's seed replica ``i`` varies both of its seeds, ``seed`` (data order)
+and ``init_seed`` (the initial model and its decoder), by ``i`` (:func:`seed_replica`); the points built
+from trained ones (untrained, soup, deploy) follow their configs' replicas; BM25 and the teacher are
+deterministic and run once.
+
 The sweep runs through the common runner (:mod:`experiments.sweeps.runner`): each point is a
 :class:`~experiments.sweeps.runner.Run` subclass with its own ``execute``: :class:`EmbedRun` trains a
 model, :class:`BM25Run`, :class:`TeacherRun`, :class:`UntrainedRun`, :class:`SoupRun` and
@@ -54,6 +59,12 @@ MIXTURES = {"mix1": ((("code", 0.9), ("topic", 0.1)), 0), "mix2": ((("code", 0.7
             "mix3": ((("code", 1.0), ("topic", 0.0)), 2)}  # name -> (weights, seed)
 
 
+def seed_replica(c: EmbedConfig, i: int) -> EmbedConfig:
+    """The config of a point's ``i``-th seed replica: ``seed`` and ``init_seed`` both moved by ``i``
+    (a soup's ingredients keep sharing their initial model, as souping needs); ``c`` itself for 0."""
+    return c.replace(seed=c.seed + i, init_seed=c.init_seed + i) if i else c
+
+
 def lm_root(sweep_dir: Path) -> Path:
     """Where the points of the sweep in ``sweep_dir`` keep the decoder LM and its encoder."""
     return Path(sweep_dir).parent / LM_DIR
@@ -68,10 +79,20 @@ class EmbedRun(Run):
     config: EmbedConfig
     group: str | None = None  # runs sharing a group go to one shard (a soup and its ingredients)
     kind: ClassVar[str] = "train"  # the summary's "kind"
+    replicated: ClassVar[bool] = True  # False: deterministic, one run whatever the seeds
 
     @property
     def is_variant(self) -> bool:
         return False
+
+    def replica(self, i: int) -> EmbedRun | None:
+        """Seed replica ``i`` >= 1 (see :meth:`Run.with_seed`): the config's :func:`seed_replica`, the
+        group suffixed by the seed (replicas of a soup and of its ingredients share one shard, apart from
+        the other seeds'); None for a deterministic point."""
+        if not self.replicated:
+            return None
+        return dataclasses.replace(self, config=seed_replica(self.config, i),
+                                   group=f"{self.group}-seed{i}" if self.group else None)
 
     @property
     def key(self) -> str:
@@ -130,6 +151,7 @@ class BM25Run(EvalRun):
     """The lexical baseline on the same held-out tasks (one "dimension": the config's largest)."""
 
     kind: ClassVar[str] = "bm25"
+    replicated: ClassVar[bool] = False
 
     def evaluate(self, data: EmbedData, sweep_dir: Path, *, progress: bool) -> tuple[dict, dict]:
         return {name: {f"d{self.config.dims()[0]}": evaluate_bm25(task)}
@@ -141,6 +163,7 @@ class TeacherRun(EvalRun):
     """The distillation target: the teacher projected to the student's width (:func:`teacher_evals`)."""
 
     kind: ClassVar[str] = "teacher"
+    replicated: ClassVar[bool] = False
 
     def evaluate(self, data: EmbedData, sweep_dir: Path, *, progress: bool) -> tuple[dict, dict]:
         return teacher_evals(self.config, data)
@@ -181,6 +204,11 @@ class SoupRun(ModelEvalRun):
 
     kind: ClassVar[str] = "soup"
     ingredients: tuple[EmbedConfig, ...]
+
+    def replica(self, i: int) -> SoupRun:
+        """The soup of the ingredients' seed replicas ``i``, in their replicas' group."""
+        return dataclasses.replace(super().replica(i),
+                                   ingredients=tuple(seed_replica(c, i) for c in self.ingredients))
 
     def model(self, data: EmbedData, sweep_dir: Path, *, progress: bool) -> tuple[EmbeddingModel, dict]:
         dirs = [sweep_dir / c.short_hash() for c in self.ingredients]
@@ -270,15 +298,16 @@ def teacher_evals(ec: EmbedConfig, data) -> tuple[dict, dict]:
     return evals, {"teacher": data.teacher_name, "teacher_full_width": full}
 
 
-def prepare_shared(scale: str, out: Path) -> None:
-    """Build what every point shares (tokenizer, pairs, teacher cache, the decoder LM and its
-    denoising-adapted encoder) once, so parallel workers never build it side by side: the sweep's
-    ``prepare``, called by the runner before its workers start."""
-    b = BASES[scale]
-    data = prepare(b)
-    if b.init in ("decoder", "encoder"):
-        initial_model(b, data.tokenizer, lm_root=lm_root(Path(out) / SWEEP), key=jax.random.key(b.init_seed),
-                      vocab_vectors=data.teacher_vocab)
+def prepare_shared(scale: str, out: Path, seeds: int = 1) -> None:
+    """Build what the points share (tokenizer, pairs, teacher cache, and for each of the ``seeds``
+    replicas the decoder LM and its denoising-adapted encoder) once, so parallel workers never build
+    it side by side: the sweep's ``prepare``, called by the runner before its workers start."""
+    for i in range(seeds):
+        b = seed_replica(BASES[scale], i)
+        data = prepare(b)  # memoised: the data do not depend on the seeds
+        if b.init in ("decoder", "encoder"):
+            initial_model(b, data.tokenizer, lm_root=lm_root(Path(out) / SWEEP),
+                          key=jax.random.key(b.init_seed), vocab_vectors=data.teacher_vocab)
 
 
 register(SWEEP, "EmbeddingGemma Tables 1-4, 6-8 (init, pooling, losses, MRL, souping, quantization)",

@@ -4,6 +4,11 @@ Columns: ``run``, ``label``, ``status`` (done / trained / failed / partial), ``e
 (``run.<field>``) and the resolved model config (``model.<field>``) flattened; summary figures
 (``final_val_loss``, ``tokens_per_s``, ``mfu``, ...); evaluation metrics (``evals.<name>``); sweep tags
 (``tag.<name>``).
+
+A point run with ``--seeds N`` has N rows, one per seed replica, under the same ``label``; the seed is
+the config column ``run.seed`` (language models and embedding points alike). :func:`per_label`,
+:func:`table` and the summary CSV (:func:`markdown`) reduce them to each label's mean and 95% interval
+(:mod:`experiments.sweeps.stats`); with one seed per label they show the runs as they are.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from experiments.sweeps import stats
 
 DEFAULT_OUT = Path("results")  # where sweeps write results/<sweep>/<run>/
 
@@ -69,18 +76,34 @@ COLUMNS = ["label", "status", "evals.val_ppl", "evals.passkey_mean", "evals.mqar
            "evals.cache_bytes_32k", "evals.params_non_embedding", "tokens_per_s"]
 
 
+def per_label(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """``df`` (finished runs, in the order to show) as it is when no label has more than one run;
+    otherwise one row per label, in the order labels first appear: the label's other columns from its
+    first run (seed 0 in a sweep's order), then ``n`` and each metric's mean, ``.lo`` and ``.hi``
+    (:func:`experiments.sweeps.stats.summarize`)."""
+    if "label" not in df or not df["label"].duplicated().any():
+        return df
+    first = df.drop_duplicates("label")[[c for c in df if c not in metrics]]
+    return first.merge(stats.summarize(df, metrics), on="label", how="left")
+
+
 def table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
     """The sweep's main figures as a plain-text table (cache bytes in MiB); a ValueError when ``df``
-    has no rows, so an empty sweep never prints as a table."""
+    has no rows, so an empty sweep never prints as a table. When a label has more than one seed, one
+    row per label of its finished runs: ``n`` and each figure as ``mean [lo, hi]`` (:func:`per_label`)."""
     if df.empty:
         raise ValueError("table: no runs to show (the sweep has no finished run at this scale)")
+    fmt = "{:,.3f}".format
     cols = [c for c in (columns or COLUMNS) if c in df]
     view = df[cols].copy()
     if "evals.cache_bytes_32k" in view:
         view["evals.cache_bytes_32k"] = view["evals.cache_bytes_32k"] / 2**20
-        view = view.rename(columns={"evals.cache_bytes_32k": "cache@32K MiB"})
+    done = view[df["status"] == "done"].drop(columns="status", errors="ignore") if "status" in df else view
+    if "label" in done and done["label"].duplicated().any():
+        view = stats.fold(per_label(done, [c for c in done if c != "label"]), fmt)
+    view = view.rename(columns={"evals.cache_bytes_32k": "cache@32K MiB"})
     view.columns = [c.removeprefix("evals.") for c in view.columns]
-    return view.to_string(index=False, float_format=lambda x: f"{x:,.3f}")
+    return view.to_string(index=False, float_format=fmt)
 
 
 def _mib(nbytes: float) -> str:
@@ -88,23 +111,30 @@ def _mib(nbytes: float) -> str:
 
 
 # A sweep's summary CSV (``--update-figures`` writes it beside the README's figures) as the README's
-# table: column -> (header, format).
-MARKDOWN = {"label": ("run", str), "tag.pattern": ("pattern", lambda p: f"`{p}`"),
-            "evals.val_ppl": ("val perplexity", "{:.2f}".format),
-            "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format),
-            "evals.mqar_mean": ("MQAR", "{:.3f}".format),
-            "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib),
-            "tokens_per_s": ("train tokens/s", "{:,.0f}".format)}
+# table: column -> (header, format, format of its interval's bounds). ``n`` is there when a label has
+# more than one seed (the CSV then holds ``<column>.lo`` and ``<column>.hi`` too).
+MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`{p}`", str),
+            "n": ("seeds", "{:.0f}".format, str),
+            "evals.val_ppl": ("val perplexity", "{:.2f}".format, "{:.1f}".format),
+            "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format, "{:.2f}".format),
+            "evals.mqar_mean": ("MQAR", "{:.3f}".format, "{:.3f}".format),
+            "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib, _mib),
+            "tokens_per_s": ("train tokens/s", "{:,.0f}".format, "{:,.0f}".format)}
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The columns of :data:`MARKDOWN` that ``df`` has, as a Markdown table, rows in ``df``'s order."""
+    """The columns of :data:`MARKDOWN` that ``df`` has, as a Markdown table, rows in ``df``'s order;
+    a column with ``.lo``/``.hi`` bounds prints as ``38.33 [37.9, 38.8]`` where the bounds are known
+    and apart (:func:`experiments.sweeps.stats.cell`)."""
     if df.empty:
         raise ValueError("markdown: no runs to show")
     cols = [c for c in MARKDOWN if c in df]
     lines = ["| " + " | ".join(MARKDOWN[c][0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    nan = float("nan")
     for _, row in df.iterrows():
-        cells = ("" if pd.isna(row[c]) else MARKDOWN[c][1](row[c]) for c in cols)
+        cells = ("" if pd.isna(row[c]) else
+                 stats.cell(row[c], row.get(f"{c}.lo", nan), row.get(f"{c}.hi", nan), *MARKDOWN[c][1:])
+                 for c in cols)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -9,8 +9,12 @@
 - ``plot_teacher_size``: small vs large teacher over training tokens (Gemma 3 Figure 8).
 
 Each has the signature a sweep registers as its ``plot``: ``(DataFrame, figures folder, sweep name) ->
-list of PNG paths``. ``label_axes`` and ``save_figure`` are shared with the other plot modules
-(``experiments.embed.plots``), so every figure looks and is saved alike.
+list of PNG paths``. Every plot reduces the seed replicas of a point (its rows under one label) to
+their mean through :func:`experiments.sweeps.stats.summarize` and, where a point has more than one
+seed, draws the 95% interval: error bars on points and bars, a shaded band around a curve. With one
+seed per point there is no interval and nothing more is drawn. ``label_axes``, ``save_figure`` and
+``draw_interval`` are shared with the other plot modules (``experiments.embed.plots``), so every figure
+looks and is saved alike.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files, not windows: works on headless machines and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from experiments.sweeps import stats  # noqa: E402
 
 
 def _done(df: pd.DataFrame, plot: str, needs: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -38,14 +45,60 @@ def _done(df: pd.DataFrame, plot: str, needs: tuple[str, ...] = ()) -> pd.DataFr
     return done
 
 
-def _series(row: pd.Series, prefix: str) -> list[tuple[float, float]]:
-    """``evals.<prefix><number>`` columns of a row as sorted (number, value) pairs."""
-    pairs = []
-    for col, value in row.items():  # "<prefix><n>" or a bucket "<prefix><lo>_<hi>" (plotted at lo)
+def _curve_columns(df: pd.DataFrame, *prefixes: str) -> list[str]:
+    """The ``evals.<prefix><number>`` columns of ``df`` (a curve's points) for each prefix."""
+    # "<prefix><n>" or a bucket "<prefix><lo>_<hi>" (plotted at lo)
+    return [c for c in df.columns if any(re.fullmatch(rf"evals\.{p}\d+(?:_\d+)?", str(c)) for p in prefixes)]
+
+
+def _series(row: pd.Series, prefix: str) -> list[tuple[float, float, float, float]]:
+    """A :func:`~experiments.sweeps.stats.summarize` row's ``evals.<prefix><number>`` columns as
+    sorted (number, mean, lo, hi), points without a mean left out."""
+    points = []
+    for col, value in row.items():
         m = re.fullmatch(rf"evals\.{prefix}(\d+)(?:_\d+)?", str(col))
         if m and pd.notna(value):
-            pairs.append((float(m.group(1)), float(value)))
-    return sorted(pairs)
+            points.append((float(m.group(1)), float(value), float(row[f"{col}.lo"]), float(row[f"{col}.hi"])))
+    return sorted(points)
+
+
+def _draw_curve(ax, row: pd.Series, prefix: str, **kw) -> bool:
+    """Plot a summary row's ``prefix`` curve (means, labelled with its label) and, when the row has
+    more than one seed, its 95% band; False when the row has no such curve."""
+    points = _series(row, prefix)
+    if not points:
+        return False
+    x, mean, lo, hi = (list(v) for v in zip(*points))
+    (line,) = ax.plot(x, mean, marker="o", label=row["label"], **kw)
+    if row["n"] > 1:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+    return True
+
+
+def draw_interval(ax, x, summary: pd.DataFrame, metric: str, *, color=None, horizontal: bool = False) -> None:
+    """Error bars of the 95% intervals of ``summary[metric]`` (:func:`experiments.sweeps.stats.summarize`)
+    at positions ``x`` (vertical bars; ``horizontal``: the metric runs along x and ``x`` are the y
+    positions), for the rows that have one (more than one seed); nothing when none has: a figure of
+    one seed per point has no error bars."""
+    if "n" not in summary:
+        return
+    keep = ((summary["n"] > 1) & summary[f"{metric}.lo"].notna() & summary[f"{metric}.hi"].notna()).to_numpy()
+    if not keep.any():
+        return
+    mean, lo, hi = (summary[f"{metric}{end}"].to_numpy(float)[keep] for end in ("", ".lo", ".hi"))
+    at, err = np.asarray(x)[keep], np.stack([mean - lo, hi - mean])
+    style = dict(fmt="none", ecolor=color or "k", elinewidth=1, capsize=3)
+    if horizontal:
+        ax.errorbar(mean, at, xerr=err, **style)
+    else:
+        ax.errorbar(at, mean, yerr=err, **style)
+
+
+def _ylim(ax, summary: pd.DataFrame, metric: str) -> None:
+    """y limits around the means (and intervals) of ``summary[metric]``, 10% of the spread as margin."""
+    lo = pd.concat([summary[metric], summary[f"{metric}.lo"]]).min()
+    hi = pd.concat([summary[metric], summary[f"{metric}.hi"]]).max()
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9) - 0.01 * lo, hi + 0.1 * (hi - lo + 1e-9))
 
 
 def label_axes(ax, x: str, y: str, title: str, *, xscale: str | None = None, legend: int | None = 8,
@@ -72,10 +125,12 @@ def save_figure(fig, path: Path) -> Path:
 
 def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
     df = _done(df, "plot_tradeoff")
+    points = stats.summarize(df, ["evals.cache_bytes_32k", "evals.val_ppl"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    mib = df["evals.cache_bytes_32k"] / 2**20
-    ax.scatter(mib, df["evals.val_ppl"], s=40)
-    for x, y, label in zip(mib, df["evals.val_ppl"], df["label"]):
+    mib = points["evals.cache_bytes_32k"] / 2**20
+    ax.scatter(mib, points["evals.val_ppl"], s=40)
+    draw_interval(ax, mib, points, "evals.val_ppl", color="C0")
+    for x, y, label in zip(mib, points["evals.val_ppl"], points["label"]):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     label_axes(ax, "decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)", "validation perplexity",
                "Memory / quality trade-off of Gemma-family layer patterns", xscale="log", legend=None)
@@ -87,13 +142,11 @@ def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> li
 
 def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
     df = _done(df, "plot_loss_by_position")
+    curves = stats.summarize(df, _curve_columns(df, "loss_pos_"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for _, row in df.iterrows():
-        pts = _series(row, "loss_pos_")
-        if pts:
-            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
-            drawn = True
+    for _, row in curves.iterrows():
+        drawn = _draw_curve(ax, row, "loss_pos_") or drawn
     if not drawn:
         plt.close(fig)
         return []
@@ -106,14 +159,12 @@ def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Pa
 
 def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
     df = _done(df, "plot_probes")
+    curves = stats.summarize(df, _curve_columns(df, "passkey_", "mqar_gap_"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drawn = False
     for ax, prefix, title in ((axes[0], "passkey_", "passkey retrieval"), (axes[1], "mqar_gap_", "MQAR")):
-        for _, row in df.iterrows():
-            pts = _series(row, prefix)
-            if pts:
-                ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
-                drawn = True
+        for _, row in curves.iterrows():
+            drawn = _draw_curve(ax, row, prefix) or drawn
         ax.set_ylim(-0.02, 1.02)
         label_axes(ax, "distance (tokens)", "accuracy", title, legend=None)
     if not drawn:
@@ -124,8 +175,14 @@ def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
 
 
 def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window") -> list[Path]:
-    df = _done(df, "plot_ratio_window", ("tag.ratio",))
-    grid = df.pivot_table(index="tag.ratio", columns="tag.window", values="evals.val_ppl")
+    """Validation perplexity over local:global ratio x window; a cell of more than one seed shows its
+    mean and, below it, the half-width of its 95% interval."""
+    df = _done(df, "plot_ratio_window", ("tag.ratio", "tag.window"))
+    cells = stats.summarize(df, ["evals.val_ppl"], by=("label", "tag.ratio", "tag.window"))
+    cells["half"] = (cells["evals.val_ppl.hi"] - cells["evals.val_ppl.lo"]) / 2
+    grid = cells.pivot_table(index="tag.ratio", columns="tag.window", values="evals.val_ppl")
+    half = cells.pivot_table(index="tag.ratio", columns="tag.window", values="half", dropna=False)
+    half = half.reindex(index=grid.index, columns=grid.columns)
     fig, ax = plt.subplots(figsize=(6, 4))
     im = ax.imshow(grid.values, cmap="viridis_r", aspect="auto")
     ax.set_xticks(range(len(grid.columns)), [str(int(c)) for c in grid.columns])
@@ -133,20 +190,24 @@ def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if pd.notna(grid.values[i, j]):
-                ax.text(j, i, f"{grid.values[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+                text = f"{grid.values[i, j]:.2f}"
+                if pd.notna(half.values[i, j]):
+                    text += f"\n±{half.values[i, j]:.2f}"
+                ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
     ax.set_xlabel("sliding window")
     ax.set_ylabel("local:global")
-    ax.set_title("Validation perplexity")
+    ax.set_title("Validation perplexity" + (" (± 95% interval)" if (cells["n"] > 1).any() else ""))
     fig.colorbar(im, ax=ax)
     return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 
 def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "evals.val_ppl") -> list[Path]:
     df = _done(df, "plot_bar")
+    bars = stats.summarize(df, [metric])
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(df["label"], df[metric])
-    lo, hi = df[metric].min(), df[metric].max()
-    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9) - 0.01 * lo, hi + 0.1 * (hi - lo + 1e-9))
+    ax.bar(bars["label"], bars[metric])
+    draw_interval(ax, bars["label"], bars, metric)
+    _ylim(ax, bars, metric)
     ax.set_ylabel(metric.removeprefix("evals."))
     ax.tick_params(axis="x", rotation=20)
     ax.grid(alpha=0.3, axis="y")
@@ -157,10 +218,8 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
     df = _done(df, "plot_long_context", ("tag.eval_len",))
     longest = df[df["tag.eval_len"] == df["tag.eval_len"].max()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for _, row in longest.iterrows():
-        pts = _series(row, "loss_pos_")
-        if pts:
-            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=row["label"])
+    for _, row in stats.summarize(longest, _curve_columns(longest, "loss_pos_")).iterrows():
+        _draw_curve(ax, row, "loss_pos_")
     train_len = df["run.seq_len"].dropna().iloc[0] if "run.seq_len" in df else None
     if train_len is not None:
         ax.axvline(float(train_len), color="grey", ls="--", lw=1, label="training length")
@@ -172,15 +231,20 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
 def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
     """Gemma 2 Table 7 analogue: student validation perplexity vs student size (non-embedding
     parameters), one line per training method, the teacher's perplexity as a dashed line."""
-    df = _done(df, "plot_distill", ("tag.role",))
-    students, teachers = df[df["tag.role"] == "student"], df[df["tag.role"] == "teacher"]
+    df = _done(df, "plot_distill", ("tag.role", "tag.method"))
+    metrics = ["evals.params_non_embedding", "evals.val_ppl"]
+    points = stats.summarize(df, metrics, by=("label", "tag.role", "tag.method"))
+    students, teachers = points[points["tag.role"] == "student"], points[points["tag.role"] == "teacher"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, part in students.groupby("tag.method", sort=False):
         part = part.sort_values("evals.params_non_embedding")
-        ax.plot(part["evals.params_non_embedding"], part["evals.val_ppl"], marker="o", label=method)
+        (line,) = ax.plot(part["evals.params_non_embedding"], part["evals.val_ppl"], marker="o", label=method)
+        draw_interval(ax, part["evals.params_non_embedding"], part, "evals.val_ppl", color=line.get_color())
     for _, row in teachers.iterrows():
         ax.axhline(row["evals.val_ppl"], color="grey", ls="--", lw=1,
                    label=f"{row['label']} ({row['evals.params_non_embedding'] / 1e6:.2f}M)")
+        if stats.has_interval(row["evals.val_ppl.lo"], row["evals.val_ppl.hi"]):
+            ax.axhspan(row["evals.val_ppl.lo"], row["evals.val_ppl.hi"], color="grey", alpha=0.15, lw=0)
     label_axes(ax, "student non-embedding parameters (log scale)", "validation perplexity",
                "Next-token training vs distillation at equal student tokens", xscale="log")
     return [save_figure(fig, Path(figures) / f"{name}.png")]
@@ -190,26 +254,36 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
     """Gemma 3 Figure 8 analogue. Left: student perplexity vs training tokens per teacher (and
     next-token training when present). Right: relative perplexity difference of each larger teacher's
     student against the smallest teacher's, ``ppl(large) / ppl(small) - 1`` (below 0: the larger
-    teacher is better), vs tokens."""
-    df = _done(df, "plot_teacher_size", ("tag.role",))
+    teacher is better), vs tokens; with seeds, the mean and 95% interval of that difference over the
+    seeds, each student paired with the other teacher's student of the same seed (``run.seed``)."""
+    df = _done(df, "plot_teacher_size", ("tag.role", "tag.teacher", "tag.tokens"))
     students = df[df["tag.role"] == "student"]
-    teachers = df[df["tag.role"] == "teacher"].sort_values("evals.params_non_embedding")
+    teachers = stats.summarize(df[df["tag.role"] == "teacher"], ["evals.params_non_embedding"],
+                               by=("label", "tag.teacher")).sort_values("evals.params_non_embedding")
     if students.empty:
         raise ValueError("plot_teacher_size: no finished student runs to draw")
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(11, 4.2))
     size = dict(zip(teachers["tag.teacher"], teachers["evals.params_non_embedding"] / 1e6))
-    curves = {}
-    for who, part in students.groupby("tag.teacher", sort=False):
+    points = stats.summarize(students, ["evals.val_ppl"], by=("label", "tag.teacher", "tag.tokens"))
+    for who, part in points.groupby("tag.teacher", sort=False):
         part = part.sort_values("tag.tokens")
-        curves[who] = part.set_index("tag.tokens")["evals.val_ppl"]
-        ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
-                label="next-token" if who == "none" else f"from {who} ({size.get(who, float('nan')):.2f}M)")
+        (line,) = ax.plot(part["tag.tokens"], part["evals.val_ppl"], marker="o",
+                          label="next-token" if who == "none" else
+                          f"from {who} ({size.get(who, float('nan')):.2f}M)")
+        draw_interval(ax, part["tag.tokens"], part, "evals.val_ppl", color=line.get_color())
     label_axes(ax, "student training tokens", "student validation perplexity",
                "student perplexity by teacher", xscale="log")
-    order = [t for t in teachers["tag.teacher"] if t in curves]
+    order = [t for t in teachers["tag.teacher"] if t in set(points["tag.teacher"])]
+    pair = ["tag.tokens", "run.seed"] if "run.seed" in students else ["tag.tokens"]
+    small = students[students["tag.teacher"] == order[0]][[*pair, "evals.val_ppl"]] if order else None
     for big in order[1:]:
-        diff = (curves[big] / curves[order[0]] - 1.0).dropna()
-        rel.plot(diff.index, 100 * diff.values, marker="o", label=f"{big} vs {order[0]}")
+        both = students[students["tag.teacher"] == big][[*pair, "evals.val_ppl"]].merge(
+            small, on=pair, suffixes=("", ".small"))
+        both["diff"] = 100 * (both["evals.val_ppl"] / both["evals.val_ppl.small"] - 1.0)
+        diff = stats.summarize(both, ["diff"], by=("tag.tokens",)).dropna(subset=["diff"])
+        diff = diff.sort_values("tag.tokens")
+        (line,) = rel.plot(diff["tag.tokens"], diff["diff"], marker="o", label=f"{big} vs {order[0]}")
+        draw_interval(rel, diff["tag.tokens"], diff, "diff", color=line.get_color())
     rel.axhline(0.0, color="grey", lw=1)
     label_axes(rel, "student training tokens", "relative perplexity difference (%)",
                "below 0: the larger teacher is better", xscale="log")

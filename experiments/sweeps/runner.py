@@ -1,7 +1,7 @@
 """Sweeps: named lists of runs, executed into ``results/<sweep>/<hash>/`` with skip and resume.
 
     python -m experiments.sweeps NAME [--scale quick|default|full] [--out DIR] [--shard i/n | --workers N]
-        [--dry-run] [--no-plot] [--figures DIR | --update-figures]
+        [--seeds N] [--dry-run] [--no-plot] [--figures DIR | --update-figures]
 
 A run directory holds ``config.json`` (written first), ``metrics.jsonl`` (appended while training) and
 ``summary.json`` (written last, atomically). A run with a ``summary.json`` that already holds its
@@ -12,6 +12,12 @@ Two kinds of run: a training run (a ``RunConfig``), and an evaluation variant th
 trained run under inference-time overrides (another window, global layers turned local, longer
 contexts, RoPE rescaling) without retraining (Gemma 2 Table 10, Gemma 3 section 5.3). Other
 sweeps subclass :class:`Run` with an ``execute`` of their own (the embedding sweep's points).
+
+``--seeds N`` runs every point as N seed replicas (:meth:`Run.with_seed`), seed-major: every point's
+first seed (the point itself, in the directory it has with one seed) before any second seed, so an
+interrupted sweep has answered every question once before it answers any twice. Tables, the summary
+CSV and the plots then show each point's mean and 95% interval over its seeds
+(:mod:`experiments.sweeps.stats`).
 
 ``--workers N`` runs the N shards side by side as processes pinned to one core each
 (:func:`run_sweep`). Sweeps are registered with :func:`register` by the modules of
@@ -42,7 +48,7 @@ from experiments import train as training
 from experiments.data.io import atomic_write_bytes, write_json
 from experiments.eval import run as evaluation
 from experiments.runconfig import RunConfig
-from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, collect, table
+from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, collect, per_label, table
 
 SCALES = ("quick", "default", "full")
 README_FIGURES = REPO_ROOT / "figures"  # only --update-figures writes here
@@ -72,6 +78,28 @@ class Run:
     def is_variant(self) -> bool:
         return bool(self.eval_overrides) or self.eval_seq_len is not None
 
+    def with_seed(self, i: int) -> Run | None:
+        """The ``i``-th seed replica of this point, or None when the point is not replicated (a
+        deterministic baseline). ``i = 0`` is the point itself, unchanged: its key, and so its results
+        directory, stay what they are with one seed. Other replicas come from :meth:`replica`."""
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{type(self).__name__}.with_seed: i={i!r}: must be an int >= 0 "
+                             "(0: the point itself)")
+        return self if i == 0 else self.replica(i)
+
+    def replica(self, i: int) -> Run | None:
+        """The ``i``-th (``i >= 1``) seed replica: the same label and tags (the seed is already the
+        ``run.seed`` column of ``collect``) with ``config.seed + i``. An evaluation variant replicates
+        with its trained config's replica, so it evaluates that replica's model. A student whose
+        ``RunConfig.teacher`` is ``"@<hash>"`` keeps that teacher: the replica varies the student's
+        seed only, and stays in the teacher's shard (:func:`group_of`). Subclasses whose config has
+        no ``seed`` (or more than one) override this."""
+        seed = getattr(self.config, "seed", None)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"{type(self).__name__} {self.label!r}: config.seed={seed!r}: no int seed to "
+                             f"replicate; override {type(self).__name__}.replica")
+        return dataclasses.replace(self, config=self.config.replace(seed=seed + i))
+
     def execute(self, sweep_dir: Path, *, progress: bool = True) -> dict:
         """Train (or reuse) the model, evaluate it, return the summary. Other kinds of run override this."""
         return execute(self, sweep_dir, progress=progress)
@@ -87,7 +115,7 @@ class Run:
 
 
 Plot = Callable[[pd.DataFrame, Path, str], list[Path]]
-Prepare = Callable[[str, Path], None]
+Prepare = Callable[[str, Path, int], None]
 Report = Callable[[pd.DataFrame], str]
 
 
@@ -96,9 +124,9 @@ class Sweep:
     name: str
     mirrors: str  # the report table or figure it reproduces
     runs: Callable[[str], list[Run]]  # scale -> runs
-    plot: Plot | None = None  # (collect(...) of the scale, figures folder, sweep name) -> figure paths
-    prepare: Prepare | None = None  # (scale, out): what every run shares, built once before the workers
-    report: Report = table  # collect(...) of the scale -> the text the CLI prints after a run
+    plot: Plot | None = None  # (results(...) of the scale and seeds, figures folder, sweep name) -> paths
+    prepare: Prepare | None = None  # (scale, out, seeds): what the runs share, built before the workers
+    report: Report = table  # results(...) of the scale and seeds -> the text the CLI prints after a run
 
 
 SWEEPS: dict[str, Sweep] = {}
@@ -107,8 +135,9 @@ SWEEPS: dict[str, Sweep] = {}
 def register(name: str, mirrors: str, plot: Plot | None = None, prepare: Prepare | None = None,
              report: Report = table):
     """Decorator: ``@register("ratio", "Gemma 3 Fig. 3", plot=plots.plot_ratio_window)`` on a
-    ``scale -> list[Run]`` function. ``prepare(scale, out)`` builds what every run of the sweep shares
-    (a tokenizer, a base model) before parallel workers start, so they never build it side by side."""
+    ``scale -> list[Run]`` function. ``prepare(scale, out, seeds)`` builds what the runs of the sweep
+    share (a tokenizer, a base model for each seed) before parallel workers start, so they never build
+    it side by side."""
 
     def wrap(fn):
         SWEEPS[name] = Sweep(name, mirrors, fn, plot, prepare, report)
@@ -136,20 +165,32 @@ def get_sweep(name: str) -> Sweep:
     return SWEEPS[name]
 
 
-def expand(name: str, scale: str) -> list[Run]:
+def check_seeds(seeds: int) -> int:
+    """``seeds`` when it is an int >= 1, else ValueError naming the value."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r}: must be an int >= 1 (1: every point once, as it is)")
+    return seeds
+
+
+def expand(name: str, scale: str, seeds: int = 1) -> list[Run]:
+    """The runs of sweep ``name`` at ``scale``, each point as ``seeds`` replicas (:meth:`Run.with_seed`;
+    points that are not replicated once), seed-major: every point's seed 0 first, in the sweep's order,
+    then every point's seed 1, and so on. With ``seeds=1`` these are the sweep's points as listed."""
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: must be one of {SCALES}")
-    runs = get_sweep(name).runs(scale)
+    points = get_sweep(name).runs(scale)
+    runs = [r for i in range(check_seeds(seeds)) for p in points if (r := p.with_seed(i)) is not None]
     keys = [r.key for r in runs]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"sweep {name!r} at scale {scale!r} lists the same run twice")
+        raise ValueError(f"sweep {name!r} at scale {scale!r} with seeds={seeds} lists the same run twice")
     return runs
 
 
 def group_of(run: Run) -> str:
     """Runs that must go to one shard share a group: a trained model with its evaluation variants,
-    a student with the teacher it names as ``@<hash>`` in the same sweep, and runs that name a
-    ``group`` of their own (e.g. a model soup with its ingredients)."""
+    a student with the teacher it names as ``@<hash>`` in the same sweep (every seed replica of the
+    student: they keep the teacher), and runs that name a ``group`` of their own (e.g. a model soup
+    with its ingredients; a soup's seed replica with its ingredients' replicas)."""
     if getattr(run, "group", None):
         return run.group
     teacher = getattr(run.config, "teacher", None)
@@ -238,33 +279,48 @@ def check_workers(workers: int) -> int:
     return workers
 
 
+def results(name: str, scale: str, out: Path = DEFAULT_OUT, seeds: int = 1) -> pd.DataFrame:
+    """``collect(name, out=out, scale=scale)`` restricted to the runs the sweep lists at that scale and
+    number of seeds (:func:`expand`): what its tables and plots show. Runs of other configs under the
+    same folder (an older version of the sweep, more seeds than asked for) are left out, so they are
+    never averaged with a point's replicas."""
+    df = collect(name, out=out, scale=scale)
+    if "run" not in df:
+        return df
+    return df[df["run"].isin({r.key for r in expand(name, scale, seeds)})].reset_index(drop=True)
+
+
 def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
               shard_spec: tuple[int, int] = (0, 1), dry_run: bool = False, progress: bool = True,
-              plot: bool = True, figures: Path | None = None, workers: int = 1) -> dict[str, list[str]]:
-    """Execute a sweep; returns ``{"done": [...], "failed": [...]}`` (run directory names): callers
-    check ``failed`` (:func:`raise_failures`). With ``workers`` > 1 the sweep's shards run side by side
-    as processes (:func:`run_workers`). Figures go to ``figures`` (default :func:`figures_dir`), never
-    to the README's ``figures/`` unless asked for."""
+              plot: bool = True, figures: Path | None = None, workers: int = 1,
+              seeds: int = 1) -> dict[str, list[str]]:
+    """Execute a sweep, every point as ``seeds`` replicas (:func:`expand`); returns ``{"done": [...],
+    "failed": [...]}`` (run directory names): callers check ``failed`` (:func:`raise_failures`). With
+    ``workers`` > 1 the sweep's shards run side by side as processes (:func:`run_workers`). Figures go
+    to ``figures`` (default :func:`figures_dir`), never to the README's ``figures/`` unless asked for."""
     check_workers(workers)
+    check_seeds(seeds)
     if workers > 1 and shard_spec != (0, 1):
         raise ValueError(f"shard_spec={shard_spec} with workers={workers}: the workers are the shards; "
                          "give one or the other")
     sweep = get_sweep(name)
-    runs = shard(expand(name, scale), *shard_spec)
+    runs = shard(expand(name, scale, seeds), *shard_spec)
     sweep_dir = Path(out) / name
     if dry_run:
-        print(f"sweep {name} ({sweep.mirrors}), scale {scale}: {len(runs)} runs in {sweep_dir}/")
+        per = f" ({seeds} seeds per point)" if seeds > 1 else ""
+        print(f"sweep {name} ({sweep.mirrors}), scale {scale}: {len(runs)} runs{per} in {sweep_dir}/")
         for r in runs:
             kind = "eval " if r.is_variant else "train"
-            print(f"  {r.key:<16} {kind} {status(r, sweep_dir):<8} {r.label}")
+            seed = f" (seed {r.config.seed})" if seeds > 1 else ""
+            print(f"  {r.key:<16} {kind} {status(r, sweep_dir):<8} {r.label}{seed}")
         return {"done": [], "failed": []}
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if workers > 1:
-        result = run_workers(name, scale, Path(out), workers)
+        result = run_workers(name, scale, Path(out), workers, seeds)
     else:
         result = _run_in_process(runs, sweep_dir, name, progress)
     if plot and sweep.plot is not None and result["done"]:
-        for path in sweep.plot(collect(name, out=out, scale=scale), Path(figures or figures_dir(out, scale)),
+        for path in sweep.plot(results(name, scale, out, seeds), Path(figures or figures_dir(out, scale)),
                                name):
             print(f"figure: {path}")
     return result
@@ -296,11 +352,11 @@ def _run_in_process(runs: list[Run], sweep_dir: Path, name: str, progress: bool)
     return result
 
 
-def run_workers(name: str, scale: str, out: Path, workers: int) -> dict[str, list[str]]:
+def run_workers(name: str, scale: str, out: Path, workers: int, seeds: int = 1) -> dict[str, list[str]]:
     """The sweep as ``workers`` processes: shard ``i`` of ``workers`` runs as
-    ``python -m experiments.sweeps NAME --shard i/N --core C``, pinned to the ``i``-th core this process
-    may use, with one XLA thread (:data:`WORKER_XLA_FLAGS`). The sweep's ``prepare`` runs here first, so
-    the workers never build what they share side by side.
+    ``python -m experiments.sweeps NAME --shard i/N --seeds S --core C``, pinned to the ``i``-th core
+    this process may use, with one XLA thread (:data:`WORKER_XLA_FLAGS`). The sweep's ``prepare`` runs
+    here first (for every seed), so the workers never build what they share side by side.
 
     Small models keep two threads of one process only partly busy: on the 2-core CPU two one-core
     workers train the embedding sweep's models 1.3x more steps per second than one two-thread process
@@ -312,34 +368,38 @@ def run_workers(name: str, scale: str, out: Path, workers: int) -> dict[str, lis
     cores = sorted(os.sched_getaffinity(0))[:check_workers(workers)]
     sweep = get_sweep(name)
     if sweep.prepare is not None:
-        sweep.prepare(scale, out)
+        sweep.prepare(scale, out, seeds)
     flags = [os.environ.get("XLA_FLAGS", ""), WORKER_XLA_FLAGS, QUICK_XLA_FLAGS if scale == "quick" else ""]
     env = dict(os.environ, XLA_FLAGS=" ".join(f for f in flags if f))
     procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweeps", name, "--scale", scale, "--out",
-                               str(out), "--shard", f"{i}/{workers}", "--no-plot", "--core", str(core)],
+                               str(out), "--shard", f"{i}/{workers}", "--seeds", str(seeds), "--no-plot",
+                               "--core", str(core)],
                               env=env)
              for i, core in enumerate(cores)]
     for i, p in enumerate(procs):
         if code := p.wait():
             print(f"worker {i} (--shard {i}/{workers}) exited with code {code}", file=sys.stderr)
-    states = {r.key: status(r, Path(out) / name) for r in expand(name, scale)}
+    states = {r.key: status(r, Path(out) / name) for r in expand(name, scale, seeds)}
     return {"done": [k for k, s in states.items() if s == "done"],
             "failed": [k for k, s in states.items() if s != "done"]}
 
 
-def write_summary(name: str, scale: str, out: Path, folder: Path) -> Path | None:
+def write_summary(name: str, scale: str, out: Path, folder: Path, seeds: int = 1) -> Path | None:
     """``folder/<name>.csv``: the main figures (:data:`~experiments.sweeps.collect.COLUMNS`) of the
-    finished runs, in the sweep's order (the README prints its table from it: ``python -m
-    experiments.sweeps.collect figures/<name>.csv``). None, and nothing written, when the runs have
-    none of those figures (the embedding sweep: its tables are its report)."""
-    order = {r.key: i for i, r in enumerate(expand(name, scale))}
-    df = collect(name, out=out, scale=scale)
-    if not any(c in df for c in COLUMNS[2:]):
+    finished runs of :func:`results`, in the sweep's order (the README prints its table from it:
+    ``python -m experiments.sweeps.collect figures/<name>.csv``). When a label has more than one seed,
+    one row per label (``run``: its first seed's directory) with ``n`` and each figure's mean,
+    ``.lo`` and ``.hi`` (:func:`experiments.sweeps.collect.per_label`). None, and nothing written, when
+    the runs have none of those figures (the embedding sweep: its tables are its report)."""
+    order = {r.key: i for i, r in enumerate(expand(name, scale, seeds))}
+    df = results(name, scale, out, seeds)
+    metrics = [c for c in COLUMNS[2:] if c in df]
+    if not metrics:
         return None
     df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
-    cols = [c for c in ("run", "label", "tag.pattern", *COLUMNS[2:]) if c in df]
+    cols = [c for c in ("run", "label", "tag.pattern", *metrics) if c in df]
     path = Path(folder) / f"{name}.csv"
-    atomic_write_bytes(path, df[cols].to_csv(index=False).encode())
+    atomic_write_bytes(path, per_label(df[cols], metrics).to_csv(index=False).encode())
     return path
 
 
@@ -351,6 +411,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
     return i, n
+
+
+def parse_seeds(text: str) -> int:
+    try:
+        return check_seeds(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: must be an int >= 1 (1: every point once)"
+                                         ) from None
 
 
 def parse_workers(text: str) -> int:
@@ -375,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     # --workers 1 beside --shard would slip through the exclusion
     split.add_argument("--workers", type=parse_workers, default=None, metavar="N",
                        help="run the N shards side by side, one process per core (2 on a 2-core CPU)")
+    p.add_argument("--seeds", type=parse_seeds, default=1, metavar="N",
+                   help="run every point as N seed replicas; tables and plots show 95%% intervals")
     p.add_argument("--core", type=int, default=None, help=argparse.SUPPRESS)  # a worker's core
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--no-plot", action="store_true")
@@ -388,13 +458,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {args.core})
     figures = README_FIGURES if args.update_figures else args.figures
     result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard, dry_run=args.dry_run,
-                       plot=not args.no_plot, figures=figures, workers=args.workers or 1)
+                       plot=not args.no_plot, figures=figures, workers=args.workers or 1, seeds=args.seeds)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed; see error.json in {args.out / args.name}/<run>/",
               file=sys.stderr)
         return 1
     if not args.dry_run and args.core is None:  # a worker leaves the report to the process that started it
-        print(get_sweep(args.name).report(collect(args.name, out=args.out, scale=args.scale)))
-        if args.update_figures and (path := write_summary(args.name, args.scale, args.out, README_FIGURES)):
+        print(get_sweep(args.name).report(results(args.name, args.scale, args.out, args.seeds)))
+        if args.update_figures and (path := write_summary(args.name, args.scale, args.out, README_FIGURES,
+                                                          args.seeds)):
             print(f"summary: {path}")
     return 0

@@ -4,12 +4,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.container import ErrorbarContainer
 
 from experiments.runconfig import RunConfig
 from experiments.sweeps import runner as sw
@@ -292,7 +296,8 @@ def test_workers_run_the_shards_as_one_core_processes_and_lose_no_result(tiny_sw
     error = json.loads((tmp_path / tiny_sweep / "fail" / "error.json").read_text())
     assert "RuntimeError: boom" in error["error"]
     ran = {k: json.loads((tmp_path / tiny_sweep / k / "summary.json").read_text()) for k in result["done"]}
-    assert json.loads((tmp_path / "prepared.json").read_text())["pid"] == os.getpid()  # once, here
+    prepared = json.loads((tmp_path / "prepared.json").read_text())
+    assert prepared["pid"] == os.getpid() and prepared["seeds"] == 1  # once, here, for the seeds run
     pids = {s["pid"] for s in ran.values()}
     assert len(pids) == 2 and os.getpid() not in pids
     cores = [s["cores"] for s in ran.values()]
@@ -359,3 +364,251 @@ def test_embedding_update_figures_writes_no_lm_summary(tmp_path):
                                                 "evals": {"code": {"d32": {"ndcg@10": 0.5}}}}))
     assert sw.write_summary("embedding", "quick", tmp_path, tmp_path / "figures") is None
     assert not (tmp_path / "figures").exists()
+
+
+def test_seed_replicas_keep_seed_zero_as_it_was_and_come_seed_major():
+    """``expand(..., seeds=N)``: seed 0 is every point as listed (same keys, so the same directories
+    as with one seed), then every point's seed 1, ...; each replica a distinct run with the same label
+    and tags and the config's seed moved by its index."""
+    for name in SWEEPS:
+        if name == "tiny_workers":
+            continue
+        for scale in sw.SCALES:
+            one, three = expand(name, scale), expand(name, scale, seeds=3)
+            assert [r.key for r in three[:len(one)]] == [r.key for r in one]
+            assert len({r.key for r in three}) == len(three)
+    one, three = expand("inference_window", "quick"), expand("inference_window", "quick", seeds=3)
+    assert len(three) == 3 * len(one)
+    for i in range(3):
+        for point, replica in zip(one, three[i * len(one):(i + 1) * len(one)]):
+            assert replica == point.with_seed(i)
+            assert (replica.label, replica.tags) == (point.label, point.tags)
+            assert replica.config == point.config.replace(seed=point.config.seed + i)
+            assert replica.eval_overrides == point.eval_overrides
+            # a variant evaluates its trained config's replica, in that replica's shard
+            assert sw.group_of(replica) == replica.config.short_hash()
+            assert (replica.key == point.key) == (i == 0)
+    assert one[0].with_seed(0) is one[0]
+    with pytest.raises(ValueError, match="i=-1"):
+        one[0].with_seed(-1)
+
+
+def test_student_replicas_keep_their_teacher_and_its_shard():
+    runs = expand("distill", "default", seeds=2)
+    teacher = runs[0]
+    students = [r for r in runs if r.config.teacher]
+    assert len(students) == 2 * len([r for r in expand("distill", "default") if r.config.teacher])
+    assert {r.config.teacher for r in students} == {"@" + teacher.config.short_hash()}
+    assert {r.config.seed for r in students} == {teacher.config.seed, teacher.config.seed + 1}
+    for n in (2, 3):
+        home = next(shard(runs, i, n) for i in range(n) if teacher in shard(runs, i, n))
+        assert all(s in home for s in students)
+
+
+def test_embedding_replicas_vary_both_seeds_and_skip_the_deterministic_baselines():
+    from experiments.embed import sweep as embed
+
+    points, runs = expand("embedding", "default"), expand("embedding", "default", seeds=3)
+    once = [p for p in points if p.kind in ("bm25", "teacher")]
+    assert "bm25" in {p.kind for p in once} and all(p.with_seed(1) is None for p in once)
+    assert len(runs) == 3 * len(points) - 2 * len(once)
+    assert sum(r.kind == "bm25" for r in runs) == 1
+    base = points[0]
+    replica = base.with_seed(2)
+    assert replica.config == embed.seed_replica(base.config, 2)
+    assert replica.config.seed == base.config.seed + 2
+    assert replica.config.init_seed == base.config.init_seed + 2
+    soups = [r for r in runs if r.kind == "soup"]
+    assert len(soups) == 3 and len({s.group for s in soups}) == 3 and soups[0] == next(
+        p for p in points if p.kind == "soup")
+    for n in (2, 3):
+        parts = [shard(runs, i, n) for i in range(n)]
+        for s in soups:  # each soup replica with its ingredients' replicas (and the deployed base's)
+            home = next(p for p in parts if s in p)
+            trained = {r.config.short_hash() for r in home if r.kind == "train"}
+            assert {c.short_hash() for c in s.ingredients} <= trained
+            assert s.config.short_hash() in trained
+    # the replica of a soup soups the ingredients' replicas
+    assert soups[1].ingredients == tuple(embed.seed_replica(c, 1) for c in soups[0].ingredients)
+
+
+def test_seeds_must_be_at_least_one(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "0"])
+    assert "--seeds '0': must be an int >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "two"])
+    assert "--seeds 'two'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seeds=0: must be an int >= 1"):
+        expand("gqa", "quick", seeds=0)
+    with pytest.raises(ValueError, match="seeds=0"):
+        run_sweep("gqa", scale="quick", out=tmp_path, seeds=0)
+    assert not (tmp_path / "gqa").exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers need two cores")
+def test_workers_are_given_the_seeds(tmp_path, monkeypatch):
+    started = []
+
+    class Worker:
+        def __init__(self, argv, env):
+            started.append(argv)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sw.subprocess, "Popen", Worker)
+    result = sw.run_workers("gqa", "quick", tmp_path, 2, seeds=3)
+    assert len(started) == 2 and all(a[a.index("--seeds") + 1] == "3" for a in started)
+    assert len(result["failed"]) == len(expand("gqa", "quick", seeds=3))  # none ran
+
+
+def test_seed_is_a_config_column_for_language_model_and_embedding_rows(tmp_path):
+    from experiments.embed import sweep as embed
+
+    lm = expand("gqa", "quick", seeds=2)[-1]
+    deploy = next(r for r in expand("embedding", "quick", seeds=2)[::-1] if r.kind == "deploy")
+    for key, config in ((lm.key, lm.config.to_dict()), (deploy.key, deploy.spec())):
+        d = tmp_path / "mixed" / key
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps(config))
+    df = collect("mixed", out=tmp_path).set_index("run")
+    assert df.loc[lm.key, "run.seed"] == lm.config.seed == expand("gqa", "quick")[-1].config.seed + 1
+    assert df.loc[deploy.key, "run.seed"] == deploy.config.seed == embed.BASES["quick"].seed + 1
+
+
+def test_three_seeds_give_intervals_in_the_summary_csv_and_its_table(fake, tmp_path, monkeypatch, capsys):
+    """``--seeds 3 --update-figures``: one CSV row per label with ``n`` and the bounds of each figure,
+    printed by the collect CLI as ``mean [lo, hi]``; the report table and the notebooks' helpers see
+    the three seeds too."""
+    from experiments.sweeps import collect as collect_mod
+    from experiments.sweeps import notebook
+
+    fake.fail.clear()
+    readme = tmp_path / "readme_figures"
+    monkeypatch.setattr(sw, "README_FIGURES", readme)
+    out = tmp_path / "results"
+    argv = ["tradeoff", "--scale", "default", "--out", str(out), "--seeds", "3", "--update-figures"]
+    assert sw.main(argv) == 0
+    report = capsys.readouterr().out  # the report table: one row per label, its seeds and intervals
+    assert re.search(r"^ *label +n +val_ppl", report, re.M)
+    assert re.search(r"^ *5:1 +3 +\d+\.\d{3} \[", report, re.M)
+    points = expand("tradeoff", "default")
+    summary = pd.read_csv(readme / "tradeoff.csv")
+    assert list(summary["run"]) == [p.key for p in points]  # seed 0's directory names the label
+    assert (summary["n"] == 3).all() and (summary["evals.val_ppl.lo"] < summary["evals.val_ppl"]).all()
+    assert (summary["evals.val_ppl.hi"] > summary["evals.val_ppl"]).all()
+    assert collect_mod.main([str(readme / "tradeoff.csv")]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith("| run | pattern | seeds | val perplexity")
+    header, _, *rows = ([c.strip() for c in line.strip("|").split("|")] for line in text.splitlines())
+    assert len(rows) == len(points)
+    for row in rows:
+        cell = dict(zip(header, row))
+        assert cell["seeds"] == "3"
+        assert re.fullmatch(r"\d+\.\d\d \[-?\d+\.\d, \d+\.\d\]", cell["val perplexity"])  # with its interval
+        assert cell["cache at 32K (bf16)"] == "0.001 MiB"  # equal over the seeds: no interval to show
+    # one seed: the CSV keeps one row per run and no interval columns (the README's table)
+    assert sw.write_summary("tradeoff", "default", out, tmp_path / "one") is not None
+    one = pd.read_csv(tmp_path / "one" / "tradeoff.csv")
+    assert "n" not in one and not any(c.endswith(".lo") for c in one) and len(one) == len(points)
+    assert "seeds" not in markdown(one)
+    monkeypatch.setenv("GEMMA_LAB_RESULTS", str(out))
+    assert notebook.complete("tradeoff", "default", seeds=3)
+    assert not notebook.complete("tradeoff", "default", seeds=4)
+    df, scale = notebook.ensure_sweep("tradeoff", "default", seeds=3)
+    assert scale == "default" and len(df) == 3 * len(points) and sorted(set(df["run.seed"])) == [0, 1, 2]
+    assert len(notebook.ensure_sweep("tradeoff", "default")[0]) == len(points)
+
+
+def _fabricated(seeds: int) -> pd.DataFrame:
+    """A ``collect`` table of ``seeds`` seeds per point with every column the LM plots read."""
+    rng = np.random.default_rng(0)
+    points = [("teacher T_small", "teacher", "T_small", "teacher", None, 2e6),
+              ("teacher T", "teacher", "T", "teacher", None, 4e6)]
+    for tokens in (1000, 3000):
+        for who in ("T_small", "T", "none"):
+            method = "next-token" if who == "none" else "full distillation"
+            points.append((f"{tokens} from {who}", "student", who, method, tokens, 5e5 + (who == "none")))
+    rows = []
+    for seed in range(seeds):
+        for i, (label, role, who, method, tokens, params) in enumerate(points):
+            rows.append({"run": f"r{i}s{seed}", "label": label, "status": "done", "run.seed": seed,
+                         "run.seq_len": 64, "tag.ratio": 1 + i % 3, "tag.window": 16 * (1 + i // 3),
+                         "tag.role": role, "tag.teacher": who, "tag.method": method, "tag.tokens": tokens,
+                         "tag.eval_len": 128, "evals.val_ppl": 30 + i + rng.normal(),
+                         "evals.cache_bytes_32k": 2.0 ** (20 + i), "evals.params_non_embedding": params,
+                         "evals.loss_pos_0": 4 + rng.normal() / 10,
+                         "evals.loss_pos_64": 3 + rng.normal() / 10,
+                         "evals.passkey_16": rng.uniform(), "evals.mqar_gap_8": rng.uniform(),
+                         "evals.window": 16.0})
+    return pd.DataFrame(rows)
+
+
+def _fabricated_embedding(seeds: int) -> pd.DataFrame:
+    """A ``collect("embedding")`` table of ``seeds`` seeds per trained point (BM25 once)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(seeds):
+        labels = ["BM25", "base", "teacher", "no MRL", "base served int8 (PTQ)", "QAT int8"]
+        for i, label in enumerate(labels):
+            if seed and label in ("BM25", "teacher"):
+                continue
+            row = {"run": f"e{i}s{seed}", "label": label, "status": "done", "run.seed": seed,
+                   "bits_per_weight": 8.5 if "int8" in label else 32.0}
+            for d in (32, 16):
+                for m in ("ndcg@10", "mrr@10", "recall@1", "recall@10"):
+                    row[f"evals.code.d{d}.{m}"] = 0.3 + 0.01 * i + rng.normal() / 100
+                row[f"evals.topic.d{d}.ndcg@10"] = 0.6 + rng.normal() / 100
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The Axes of every figure the plot modules save, by file name."""
+    from experiments.embed import plots as embed_plots
+    from experiments.sweeps import plots
+
+    axes = {}
+
+    def save(fig, path):
+        axes[Path(path).name] = fig.axes
+        return original(fig, path)
+
+    original = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", save)
+    monkeypatch.setattr(embed_plots, "save_figure", save)
+    return axes
+
+
+def _intervals(axes) -> int:
+    """Error-bar containers plus shaded bands (and the ratio heatmap's "±" labels) on ``axes``."""
+    return sum(sum(isinstance(c, ErrorbarContainer) for c in ax.containers)
+               + sum(isinstance(c, PolyCollection) for c in ax.collections)
+               + sum("±" in t.get_text() for t in ax.texts) for ax in axes)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_plots_draw_intervals_over_seeds_and_none_for_one_seed(drawn, tmp_path, seeds):
+    from experiments.embed import plots as embed_plots
+    from experiments.sweeps import plots
+
+    df = _fabricated(seeds)
+    for draw in (plots.plot_tradeoff, plots.plot_ratio_window, plots.plot_bar, plots.plot_long_context,
+                 plots.plot_distill, plots.plot_teacher_size):
+        assert draw(df, tmp_path, draw.__name__)
+    embed_plots.plot_all(_fabricated_embedding(seeds), tmp_path, "embedding")
+    assert set(drawn) == {
+        "plot_tradeoff.png", "plot_tradeoff_loss_by_position.png", "plot_tradeoff_probes.png",
+        "plot_ratio_window.png", "plot_bar.png", "plot_long_context.png", "plot_distill.png",
+        "plot_teacher_size.png", "embedding_ablations.png", "embedding_dims.png", "embedding_bits.png"}
+    for name, axes in drawn.items():
+        assert (_intervals(axes) > 0) == (seeds > 1), name
+    bar = drawn["plot_bar.png"][0]
+    assert len(bar.patches) == df["label"].nunique()  # one bar per point, not per seed
+    errors = [c for c in bar.containers if isinstance(c, ErrorbarContainer)]
+    segments = [len(c.lines[2][0].get_segments()) for c in errors]
+    assert segments == ([df["label"].nunique()] if seeds > 1 else [])
+    report = embed_plots.report(_fabricated_embedding(seeds))
+    assert ("[" in report) == (seeds > 1) and len(re.findall(r"^\d+ +BM25 ", report, re.M)) == 1

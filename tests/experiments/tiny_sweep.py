@@ -44,8 +44,8 @@ class TinyRun(Run):
         return summary
 
 
-def prepare(scale: str, out: Path) -> None:
-    write_json(Path(out) / "prepared.json", {"pid": os.getpid(), "scale": scale})
+def prepare(scale: str, out: Path, seeds: int) -> None:
+    write_json(Path(out) / "prepared.json", {"pid": os.getpid(), "scale": scale, "seeds": seeds})
 
 
 def plot(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
