@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 from experiments.sweeps import stats  # noqa: E402
 
 
-def _done(df: pd.DataFrame, plot: str, needs: tuple[str, ...] = ()) -> pd.DataFrame:
+def done_runs(df: pd.DataFrame, plot: str, needs: tuple[str, ...] = ()) -> pd.DataFrame:
     """The finished runs of ``df``; a ValueError naming ``plot`` when there are none, or when a
     column the plot needs (e.g. a sweep tag) is missing: a figure is never silently skipped."""
     done = df[df["status"] == "done"] if "status" in df else df
@@ -124,7 +124,7 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
-    df = _done(df, "plot_tradeoff")
+    df = done_runs(df, "plot_tradeoff")
     points = stats.summarize(df, ["evals.cache_bytes_32k", "evals.val_ppl"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     mib = points["evals.cache_bytes_32k"] / 2**20
@@ -141,7 +141,7 @@ def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> li
 
 
 def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
-    df = _done(df, "plot_loss_by_position")
+    df = done_runs(df, "plot_loss_by_position")
     curves = stats.summarize(df, _curve_columns(df, "loss_pos_"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -158,7 +158,7 @@ def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Pa
 
 
 def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
-    df = _done(df, "plot_probes")
+    df = done_runs(df, "plot_probes")
     curves = stats.summarize(df, _curve_columns(df, "passkey_", "mqar_gap_"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     drawn = False
@@ -177,7 +177,7 @@ def plot_probes(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:
 def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window") -> list[Path]:
     """Validation perplexity over local:global ratio x window; a cell of more than one seed shows its
     mean and, below it, the half-width of its 95% interval."""
-    df = _done(df, "plot_ratio_window", ("tag.ratio", "tag.window"))
+    df = done_runs(df, "plot_ratio_window", ("tag.ratio", "tag.window"))
     cells = stats.summarize(df, ["evals.val_ppl"], by=("label", "tag.ratio", "tag.window"))
     cells["half"] = (cells["evals.val_ppl.hi"] - cells["evals.val_ppl.lo"]) / 2
     grid = cells.pivot_table(index="tag.ratio", columns="tag.window", values="evals.val_ppl")
@@ -202,7 +202,7 @@ def plot_ratio_window(df: pd.DataFrame, figures: Path, name: str = "ratio_window
 
 
 def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "evals.val_ppl") -> list[Path]:
-    df = _done(df, "plot_bar")
+    df = done_runs(df, "plot_bar")
     bars = stats.summarize(df, [metric])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(bars["label"], bars[metric])
@@ -215,7 +215,7 @@ def plot_bar(df: pd.DataFrame, figures: Path, name: str = "bar", metric: str = "
 
 
 def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context") -> list[Path]:
-    df = _done(df, "plot_long_context", ("tag.eval_len",))
+    df = done_runs(df, "plot_long_context", ("tag.eval_len",))
     longest = df[df["tag.eval_len"] == df["tag.eval_len"].max()]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for _, row in stats.summarize(longest, _curve_columns(longest, "loss_pos_")).iterrows():
@@ -231,7 +231,7 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
 def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
     """Gemma 2 Table 7 analogue: student validation perplexity vs student size (non-embedding
     parameters), one line per training method, the teacher's perplexity as a dashed line."""
-    df = _done(df, "plot_distill", ("tag.role", "tag.method"))
+    df = done_runs(df, "plot_distill", ("tag.role", "tag.method"))
     metrics = ["evals.params_non_embedding", "evals.val_ppl"]
     points = stats.summarize(df, metrics, by=("label", "tag.role", "tag.method"))
     students, teachers = points[points["tag.role"] == "student"], points[points["tag.role"] == "teacher"]
@@ -256,7 +256,7 @@ def plot_teacher_size(df: pd.DataFrame, figures: Path, name: str = "teacher_size
     student against the smallest teacher's, ``ppl(large) / ppl(small) - 1`` (below 0: the larger
     teacher is better), vs tokens; with seeds, the mean and 95% interval of that difference over the
     seeds, each student paired with the other teacher's student of the same seed (``run.seed``)."""
-    df = _done(df, "plot_teacher_size", ("tag.role", "tag.teacher", "tag.tokens"))
+    df = done_runs(df, "plot_teacher_size", ("tag.role", "tag.teacher", "tag.tokens"))
     students = df[df["tag.role"] == "student"]
     teachers = stats.summarize(df[df["tag.role"] == "teacher"], ["evals.params_non_embedding"],
                                by=("label", "tag.teacher")).sort_values("evals.params_non_embedding")

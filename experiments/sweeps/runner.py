@@ -146,7 +146,8 @@ def register(name: str, mirrors: str, plot: Plot | None = None, prepare: Prepare
     return wrap
 
 
-SWEEP_MODULES = ("experiments.sweeps.definitions", "experiments.distill.sweeps", "experiments.embed.sweep")
+SWEEP_MODULES = ("experiments.sweeps.definitions", "experiments.sweeps.recall", "experiments.distill.sweeps",
+                 "experiments.embed.sweep")
 
 
 def load_sweeps() -> dict[str, Sweep]:
