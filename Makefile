@@ -10,7 +10,7 @@ EXTRAS ?= dev,hf
 # pip, setuptools and the project build without isolation, so the build uses the locked setuptools.
 INSTALL = $(BIN)/python -m pip install -q --no-build-isolation -c $(LOCK)
 
-.PHONY: run test lint presets notebook lock clean-venv
+.PHONY: run device test lint presets notebook lock clean-venv
 
 $(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 
 run: $(BIN)/.installed
 	$(BIN)/python -m experiments.sweeps tradeoff --scale $(SCALE) $(if $(filter default,$(SCALE)),--update-figures)
+
+# one large GPU (H100/H200 class): the tradeoff and recall sweeps at their device scale, figures and
+# tables under results/figures/device/
+device: $(BIN)/.installed
+	$(BIN)/python -m experiments.sweeps tradeoff --scale device
+	$(BIN)/python -m experiments.sweeps recall --scale device
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .

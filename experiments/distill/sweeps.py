@@ -30,17 +30,19 @@ K = 256  # Gemma 3 section 2.2: 256 sampled logits per token; top-k uses the sam
 SHAPES = {
     "quick": {"S": (1, 32, 64), "M": (2, 32, 64), "T_small": (1, 64, 128), "T": (2, 64, 128)},
     "default": {"S": (4, 64, 256), "M": (6, 96, 384), "T_small": (4, 128, 512), "T": (8, 128, 512)},
+    "device": {"S": (4, 128, 512), "M": (6, 192, 768), "T_small": (4, 256, 1024), "T": (8, 256, 1024)},
     "full": {"S": (8, 384, 1536), "M": (12, 512, 2048), "T_small": (8, 768, 3072), "T": (16, 768, 3072)},
 }
 # (student steps, batch, seq_len, teacher steps) per scale; the teachers see `teacher steps` batches
 SCHEDULE = {
     "quick": dict(steps=4, batch=4, seq_len=64, teacher_steps=8),
     "default": dict(steps=96, batch=8, seq_len=256, teacher_steps=192),
+    "device": dict(steps=400, batch=32, seq_len=512, teacher_steps=1200),
     "full": dict(steps=10_000, batch=64, seq_len=2048, teacher_steps=30_000),
 }
 # teacher_size horizons (student steps); the longest default one equals the distill sweep's students,
 # so those runs can be copied over (same config, same hash) instead of retrained
-HORIZONS = {"quick": (4,), "default": (32, 96), "full": (2_500, 10_000, 40_000)}
+HORIZONS = {"quick": (4,), "default": (32, 96), "device": (100, 400), "full": (2_500, 10_000, 40_000)}
 
 
 def shaped(scale: str, name: str, steps: int) -> RunConfig:

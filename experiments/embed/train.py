@@ -27,7 +27,7 @@ from arch import quant
 from arch.embedding import EmbeddingModel
 from experiments import checkpoint
 from experiments.data.io import write_json
-from experiments.embed.config import EmbedConfig, config_for
+from experiments.embed.config import BASES, EmbedConfig, config_for
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
 from experiments.embed.init import initial_model
@@ -146,7 +146,7 @@ def train_embedding(ec: EmbedConfig, run_dir: str | Path, *, lm_root: str | Path
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m experiments.embed.train", description=__doc__.split("\n")[0])
-    p.add_argument("--scale", choices=("quick", "default", "full"), default="default")
+    p.add_argument("--scale", choices=tuple(BASES), default="default")
     p.add_argument("--init", choices=("random", "decoder", "encoder"))
     p.add_argument("--pooling", choices=arch.embedding.POOLINGS)
     p.add_argument("--spread-out", type=float, dest="w_spread")

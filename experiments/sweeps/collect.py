@@ -73,6 +73,7 @@ def collect(sweep: str, *, out: str | Path = DEFAULT_OUT, scale: str | None = No
 
 
 COLUMNS = ["label", "status", "evals.val_ppl", "evals.passkey_mean", "evals.mqar_mean",
+           "evals.task_acc_window", "evals.task_acc_field", "evals.task_acc_beyond",
            "evals.cache_bytes_32k", "evals.params_non_embedding", "tokens_per_s"]
 
 
@@ -118,6 +119,9 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "evals.val_ppl": ("val perplexity", "{:.2f}".format, "{:.1f}".format),
             "evals.passkey_mean": ("passkey (chance 0.25)", "{:.2f}".format, "{:.2f}".format),
             "evals.mqar_mean": ("MQAR", "{:.3f}".format, "{:.3f}".format),
+            "evals.task_acc_window": ("recall in window", "{:.2f}".format, "{:.2f}".format),
+            "evals.task_acc_field": ("recall in local reach", "{:.2f}".format, "{:.2f}".format),
+            "evals.task_acc_beyond": ("recall beyond", "{:.2f}".format, "{:.2f}".format),
             "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib, _mib),
             "tokens_per_s": ("train tokens/s", "{:,.0f}".format, "{:,.0f}".format)}
 

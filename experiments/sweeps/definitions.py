@@ -35,6 +35,13 @@ BASES: dict[str, RunConfig] = {
         eval_every=100, eval_batches=4, ckpt_every=50, log_every=10,
         overrides=(("num_layers", 8), ("width", 128), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 64), ("mlp_width", 512), ("window", 64))),
+    # one large GPU: the default shape twice as wide, 4x the tokens per step, in bf16; sized for the
+    # tradeoff sweep in about 3 minutes (compilation included), not yet timed on one
+    "device": RunConfig(
+        preset="small_gemma3", vocab_size=8192, steps=400, batch=32, seq_len=512, warmup=40, lr=2e-3,
+        eval_every=400, eval_batches=8, ckpt_every=400, log_every=50, microbatch=0,
+        overrides=(("num_layers", 8), ("width", 256), ("num_heads", 4), ("num_kv_heads", 1),
+                   ("head_dim", 64), ("mlp_width", 1024), ("window", 128))),
     "full": RunConfig(
         preset="small_gemma3", vocab_size=32768, steps=20_000, batch=64, seq_len=2048, warmup=1000,
         lr=1e-3, eval_every=1000, eval_batches=16, ckpt_every=1000, log_every=50,

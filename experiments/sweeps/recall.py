@@ -43,6 +43,13 @@ BASES: dict[str, RunConfig] = {
         matmul_dtype="float32", microbatch=0, eval_every=800, eval_batches=2, ckpt_every=200, log_every=50,
         task="mqar", task_kwargs=TASK,
         overrides=(*_TRUNK, ("num_layers", 8), ("width", 64), ("mlp_width", 128), ("window", 8))),
+    # one large GPU: the default task at twice the width, 4x the batch and the steps that let a single
+    # global layer (5:1) learn the association; sized for the sweep in about 5 minutes, not yet timed
+    "device": RunConfig(
+        preset="tiny_gemma3", vocab_size=64, steps=2000, batch=128, seq_len=128, warmup=100, lr=3e-3,
+        eval_every=2000, eval_batches=2, ckpt_every=1000, log_every=100, microbatch=0, task="mqar",
+        task_kwargs=TASK, overrides=(*_TRUNK, ("num_layers", 8), ("width", 128), ("mlp_width", 256),
+                                     ("window", 8))),
     # a GPU: longer rows, more pairs, a wider model
     "full": RunConfig(
         preset="small_gemma3", vocab_size=256, steps=3000, batch=128, seq_len=512, warmup=200, lr=3e-3,

@@ -50,7 +50,9 @@ from experiments.eval import run as evaluation
 from experiments.runconfig import RunConfig
 from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, collect, per_label, table
 
-SCALES = ("quick", "default", "full")
+# quick: CI and notebooks; default: minutes per run on a 2-core CPU; device: one large GPU (H100/H200
+# class), the tradeoff and recall sweeps together in minutes (`make device`); full: a GPU at ~100M params
+SCALES = ("quick", "default", "device", "full")
 README_FIGURES = REPO_ROOT / "figures"  # only --update-figures writes here
 # A worker's XLA: one thread (the process is pinned to one core), and at quick scale no backend
 # optimisation, which compiles the tiny models in ~3 s instead of ~11 s and costs more than it saves.
