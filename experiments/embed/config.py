@@ -132,15 +132,6 @@ BASES: dict[str, EmbedConfig] = {
         steps=1000, batch=64, lr=3e-3, warmup=20, lm_steps=300, lm_batch=16, lm_seq_len=128,
         adapt_steps=150, adapt_seq_len=128, teacher="auto", w_distill=5.0, init="encoder",
         embed_init="teacher", block_gain=0.1, matmul_dtype="bfloat16"),
-    # one large GPU: the default recipe at twice the width and batch
-    "device": EmbedConfig(
-        preset="small_embeddinggemma", vocab_size=8192, overrides=tuple({
-            **_TRUNK, "num_layers": 4, "num_heads": 4, "width": 256, "head_dim": 64, "mlp_width": 1024,
-            "window": 64}.items()),
-        dense_mult=4, mrl_dims=(256, 128, 64, 32), q_len=32, p_len=64, eval_queries=400, eval_docs=1000,
-        steps=1000, batch=128, lr=3e-3, warmup=20, lm_steps=600, lm_batch=32, lm_seq_len=128,
-        adapt_steps=300, adapt_seq_len=128, teacher="auto", w_distill=5.0, init="encoder",
-        embed_init="teacher", block_gain=0.1, matmul_dtype="bfloat16"),
     # a GPU: the report's head shape at a larger trunk
     "full": EmbedConfig(
         preset="small_embeddinggemma", vocab_size=32768, overrides=tuple({
@@ -150,6 +141,13 @@ BASES: dict[str, EmbedConfig] = {
         steps=5000, batch=128, lr=5e-4, warmup=250, lm_steps=20_000, lm_batch=64, lm_seq_len=512,
         adapt_steps=2000, adapt_seq_len=512, w_distill=1.0, init="encoder"),
 }
+
+
+# one large GPU: the default recipe at twice the width and batch, twice the decoder pre-training
+BASES["device"] = BASES["default"].replace(
+    overrides=tuple({**dict(BASES["default"].overrides), "num_heads": 4, "width": 256,
+                     "mlp_width": 1024}.items()),
+    mrl_dims=(256, 128, 64, 32), batch=128, lm_steps=600, lm_batch=32, adapt_steps=300)
 
 
 def config_for(scale: str, **kw) -> EmbedConfig:
