@@ -37,8 +37,8 @@ _TRUNK = (("num_heads", 2), ("num_kv_heads", 1), ("head_dim", 32))
 BASES: dict[str, RunConfig] = {
     # seconds per run: CI and the notebooks
     "quick": RunConfig(
-        preset="tiny_gemma3", vocab_size=64, steps=30, batch=8, seq_len=48, warmup=5, lr=1e-2,
-        matmul_dtype="float32", microbatch=0, eval_every=30, eval_batches=1, ckpt_every=30, log_every=10,
+        preset="tiny_gemma3", vocab_size=64, steps=12, batch=8, seq_len=48, warmup=3, lr=1e-2,
+        matmul_dtype="float32", microbatch=0, eval_every=12, eval_batches=1, ckpt_every=12, log_every=6,
         task="mqar", task_kwargs=(("pairs", 4), ("keys", 16), ("values", 16)),
         overrides=(*_TRUNK, ("num_layers", 2), ("width", 32), ("mlp_width", 64), ("window", 8),
                    ("head_dim", 16))),
