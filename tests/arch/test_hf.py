@@ -18,7 +18,6 @@ import pytest
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
-from torch_models import randomize  # noqa: E402
 
 import arch  # noqa: E402
 from arch.hf import config_from_hf, config_to_hf, from_hf, to_hf  # noqa: E402
@@ -49,7 +48,7 @@ FAMILIES = ["gemma2", "gemma3", "recurrent_gemma"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def saved(request, tmp_path_factory):
+def saved(request, tmp_path_factory, randomize):
     """(family, transformers model, directory it was saved to)."""
     model = randomize(build(request.param))
     path = tmp_path_factory.mktemp(request.param)

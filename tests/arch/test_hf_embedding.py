@@ -16,7 +16,6 @@ torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 st = pytest.importorskip("sentence_transformers")
 
-from torch_models import randomize  # noqa: E402
 
 import arch  # noqa: E402
 from arch.hf import from_hf, to_hf  # noqa: E402
@@ -42,7 +41,7 @@ def rel_err(got, ref):
 
 
 @pytest.fixture(scope="module")
-def st_folder(tmp_path_factory):
+def st_folder(tmp_path_factory, randomize):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
@@ -137,7 +136,7 @@ def test_legacy_pooling_config_and_unsupported_pooling(st_folder, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def multimodal(tmp_path_factory):
+def multimodal(tmp_path_factory, randomize):
     vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, image_size=28, patch_size=14)
     rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
