@@ -1,7 +1,7 @@
-"""``python -m experiments.sweeps NAME [--scale ...]``: :func:`experiments.sweeps.runner.main`."""
+"""``python -m experiments.sweeps NAME [--scale ...]``: :func:`experiments.sweeps.cli.main`."""
 
 import sys
 
-from experiments.sweeps.runner import main
+from experiments.sweeps.cli import main
 
 sys.exit(main())

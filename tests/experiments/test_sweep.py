@@ -16,6 +16,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
 from experiments.runconfig import RunConfig
+from experiments.sweeps import cli
 from experiments.sweeps import runner as sw
 from experiments.sweeps.collect import collect, markdown, table
 from experiments.sweeps.runner import SWEEPS, Run, expand, get_sweep, run_sweep, shard
@@ -210,7 +211,7 @@ def test_a_failed_run_fails_every_caller(fake, tmp_path, monkeypatch, capsys):
     raises instead of drawing from a table with a hole in it."""
     from experiments.sweeps import notebook
 
-    assert sw.main(["tradeoff", "--scale", "default", "--out", str(tmp_path), "--no-plot"]) == 1
+    assert cli.main(["tradeoff", "--scale", "default", "--out", str(tmp_path), "--no-plot"]) == 1
     assert "1 run(s) failed" in capsys.readouterr().err
     result = run_sweep("tradeoff", scale="default", out=tmp_path, progress=False, plot=False)
     with pytest.raises(sw.SweepFailed, match="RuntimeError: boom"):
@@ -250,9 +251,9 @@ def test_figures_go_under_results_unless_the_readme_ones_are_asked_for(fake, tmp
     readme = tmp_path / "readme_figures"
     monkeypatch.setattr(sw, "README_FIGURES", readme)
     out = tmp_path / "results"
-    assert sw.main(["tradeoff", "--scale", "default", "--out", str(out)]) == 0
+    assert cli.main(["tradeoff", "--scale", "default", "--out", str(out)]) == 0
     assert (out / "figures" / "default" / "tradeoff.png").exists() and not readme.exists()
-    assert sw.main(["tradeoff", "--scale", "default", "--out", str(out), "--update-figures"]) == 0
+    assert cli.main(["tradeoff", "--scale", "default", "--out", str(out), "--update-figures"]) == 0
     assert (readme / "tradeoff.png").exists()
     # the README's table comes from the summary CSV written beside the figures, in the sweep's order
     summary = pd.read_csv(readme / "tradeoff.csv")
@@ -314,14 +315,14 @@ def test_workers_run_the_shards_as_one_core_processes_and_lose_no_result(tiny_sw
 def test_workers_are_checked_against_the_cores(tmp_path, capsys):
     cores = len(os.sched_getaffinity(0))
     with pytest.raises(SystemExit):
-        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "0"])
+        cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "0"])
     err = capsys.readouterr().err
     assert "--workers '0'" in err and f"between 1 and {cores}" in err
     with pytest.raises(SystemExit):
-        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", str(cores + 1)])
+        cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", str(cores + 1)])
     assert f"--workers '{cores + 1}'" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the workers are the shards: one or the other
-        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "1", "--shard", "0/2"])
+        cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--workers", "1", "--shard", "0/2"])
     assert "not allowed with" in capsys.readouterr().err
     with pytest.raises(ValueError, match=f"workers={cores + 1}: must be between 1 and {cores}"):
         run_sweep("gqa", scale="quick", out=tmp_path, workers=cores + 1)
@@ -362,7 +363,7 @@ def test_embedding_update_figures_writes_no_lm_summary(tmp_path):
     (d / "config.json").write_text("{}")
     (d / "summary.json").write_text(json.dumps({"label": "BM25", "tags": {"scale": "quick"},
                                                 "evals": {"code": {"d32": {"ndcg@10": 0.5}}}}))
-    assert sw.write_summary("embedding", "quick", tmp_path, tmp_path / "figures") is None
+    assert cli.write_summary("embedding", "quick", tmp_path, tmp_path / "figures") is None
     assert not (tmp_path / "figures").exists()
 
 
@@ -434,10 +435,10 @@ def test_embedding_replicas_vary_both_seeds_and_skip_the_deterministic_baselines
 
 def test_seeds_must_be_at_least_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "0"])
+        cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "0"])
     assert "--seeds '0': must be an int >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sw.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "two"])
+        cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--seeds", "two"])
     assert "--seeds 'two'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seeds=0: must be an int >= 1"):
         expand("gqa", "quick", seeds=0)
@@ -489,7 +490,7 @@ def test_three_seeds_give_intervals_in_the_summary_csv_and_its_table(fake, tmp_p
     monkeypatch.setattr(sw, "README_FIGURES", readme)
     out = tmp_path / "results"
     argv = ["tradeoff", "--scale", "default", "--out", str(out), "--seeds", "3", "--update-figures"]
-    assert sw.main(argv) == 0
+    assert cli.main(argv) == 0
     report = capsys.readouterr().out  # the report table: one row per label, its seeds and intervals
     assert re.search(r"^ *label +n +val_ppl", report, re.M)
     assert re.search(r"^ *5:1 +3 +\d+\.\d{3} \[", report, re.M)
@@ -509,7 +510,7 @@ def test_three_seeds_give_intervals_in_the_summary_csv_and_its_table(fake, tmp_p
         assert re.fullmatch(r"\d+\.\d\d \[-?\d+\.\d, \d+\.\d\]", cell["val perplexity"])  # with its interval
         assert cell["cache at 32K (bf16)"] == "0.001 MiB"  # equal over the seeds: no interval to show
     # one seed: the CSV keeps one row per run and no interval columns (the README's table)
-    assert sw.write_summary("tradeoff", "default", out, tmp_path / "one") is not None
+    assert cli.write_summary("tradeoff", "default", out, tmp_path / "one") is not None
     one = pd.read_csv(tmp_path / "one" / "tradeoff.csv")
     assert "n" not in one and not any(c.endswith(".lo") for c in one) and len(one) == len(points)
     assert "seeds" not in markdown(one)

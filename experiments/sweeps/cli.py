@@ -1,0 +1,112 @@
+"""``python -m experiments.sweeps NAME [--scale ...] [--seeds N] [--workers N | --shard i/n]``: the
+command line of :mod:`experiments.sweeps.runner`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from experiments.data.io import atomic_write_bytes
+from experiments.sweeps import runner
+from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, per_label
+from experiments.sweeps.runner import (
+    SCALES,
+    SWEEPS,
+    check_seeds,
+    check_workers,
+    expand,
+    get_sweep,
+    load_sweeps,
+    results,
+    run_sweep,
+)
+
+
+def write_summary(name: str, scale: str, out: Path, folder: Path, seeds: int = 1) -> Path | None:
+    """``folder/<name>.csv``: the main figures (:data:`~experiments.sweeps.collect.COLUMNS`) of the
+    finished runs of :func:`results`, in the sweep's order (the README prints its table from it:
+    ``python -m experiments.sweeps.collect figures/<name>.csv``). When a label has more than one seed,
+    one row per label (``run``: its first seed's directory) with ``n`` and each figure's mean,
+    ``.lo`` and ``.hi`` (:func:`experiments.sweeps.collect.per_label`). None, and nothing written, when
+    the runs have none of those figures (the embedding sweep: its tables are its report)."""
+    order = {r.key: i for i, r in enumerate(expand(name, scale, seeds))}
+    df = results(name, scale, out, seeds)
+    metrics = [c for c in COLUMNS[2:] if c in df]
+    if not metrics:
+        return None
+    df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
+    cols = [c for c in ("run", "label", "tag.pattern", *metrics) if c in df]
+    path = Path(folder) / f"{name}.csv"
+    atomic_write_bytes(path, per_label(df[cols], metrics).to_csv(index=False).encode())
+    return path
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def parse_seeds(text: str) -> int:
+    try:
+        return check_seeds(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: must be an int >= 1 (1: every point once)"
+                                         ) from None
+
+
+def parse_workers(text: str) -> int:
+    try:
+        return check_workers(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--workers {text!r}: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_sweeps()
+
+    p = argparse.ArgumentParser(description="Run a named sweep.", epilog="sweeps: " + ", ".join(
+        f"{n} ({s.mirrors})" for n, s in sorted(SWEEPS.items())))
+    p.add_argument("name", choices=sorted(SWEEPS))
+    p.add_argument("--scale", choices=SCALES, default="default")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="i/n",
+                       help="run only shard i of n (dependent runs stay together)")
+    # default None, not 1: argparse takes a value identical to the default for "not given", so an explicit
+    # --workers 1 beside --shard would slip through the exclusion
+    split.add_argument("--workers", type=parse_workers, default=None, metavar="N",
+                       help="run the N shards side by side, one process per core (2 on a 2-core CPU)")
+    p.add_argument("--seeds", type=parse_seeds, default=1, metavar="N",
+                   help="run every point as N seed replicas; tables and plots show 95%% intervals")
+    p.add_argument("--core", type=int, default=None, help=argparse.SUPPRESS)  # a worker's core
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--no-plot", action="store_true")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--figures", type=Path, default=None,
+                       help="where plots go (default: OUT/figures/SCALE)")
+    where.add_argument("--update-figures", action="store_true",
+                       help=f"draw into the README's figures ({runner.README_FIGURES})")
+    args = p.parse_args(argv)
+    if args.core is not None:  # before JAX starts its CPU backend: its thread pools follow this affinity
+        os.sched_setaffinity(0, {args.core})
+    figures = runner.README_FIGURES if args.update_figures else args.figures
+    result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard, dry_run=args.dry_run,
+                       plot=not args.no_plot, figures=figures, workers=args.workers or 1, seeds=args.seeds)
+    if result["failed"]:
+        print(f"{len(result['failed'])} run(s) failed; see error.json in {args.out / args.name}/<run>/",
+              file=sys.stderr)
+        return 1
+    if not args.dry_run and args.core is None:  # a worker leaves the report to the process that started it
+        print(get_sweep(args.name).report(results(args.name, args.scale, args.out, args.seeds)))
+        if args.update_figures:
+            path = write_summary(args.name, args.scale, args.out, runner.README_FIGURES, args.seeds)
+            if path is not None:
+                print(f"summary: {path}")
+    return 0
