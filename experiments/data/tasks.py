@@ -48,7 +48,8 @@ class Task:
     name: str
     seq_len: int
     vocab_size: int
-    pairs: int = 4  # mqar: key-value pairs (and queries) per row; copy: tokens to copy
+    pairs: int = 4  # mqar: key-value pairs per row; copy: tokens to copy
+    queries: int | None = None  # mqar: questions per row (None: as many as pairs), keys with replacement
     keys: int = 64  # mqar: key ids to draw from
     values: int = 64  # mqar, passkey, copy, induction: answer ids to draw from
     key_len: int = 1  # passkey: tokens in the key
@@ -58,6 +59,8 @@ class Task:
     def __post_init__(self):
         if self.name not in TASKS:
             raise ValueError(f"task={self.name!r}: must be one of {TASKS}")
+        if self.queries is not None and (not isinstance(self.queries, int) or self.queries < 1):
+            raise ValueError(f"task {self.name}: queries={self.queries!r} must be a positive int or None")
         for field in ("seq_len", "pairs", "keys", "values", "key_len"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise ValueError(f"task {self.name}: {field}={getattr(self, field)!r} must be a positive int")
@@ -86,12 +89,16 @@ class Task:
 
     def minimum_len(self) -> int:
         if self.name == "mqar":
-            return 4 * self.pairs + self.gap
+            return 2 * self.pairs + 2 * self.num_queries + self.gap
         if self.name == "passkey":
             return 2 * (1 + self.key_len) + self.gap
         if self.name == "copy":
             return 2 * self.pairs + 1 + self.gap
         return 4 + self.gap  # induction: trigger, answer, gap, trigger
+
+    @property
+    def num_queries(self) -> int:
+        return self.pairs if self.queries is None else self.queries
 
     @property
     def chance(self) -> float:
@@ -144,23 +151,31 @@ def _row(tokens: np.ndarray, answers: dict[int, int]) -> TaskRow:
 
 
 def _mqar(task: Task, rng: np.random.Generator) -> TaskRow:
-    """``k1 v1 ... kP vP`` at the start, then filler holding the P queries ``k v`` (keys distinct, in
-    random order), each at least ``gap`` tokens after the last pair. The target after a query key is
-    its value; its distance is from that pair's value token."""
-    p, t = task.pairs, task.seq_len
+    """``k1 v1 ... kP vP`` at the start (keys distinct), then filler holding ``queries`` questions ``k v``, each at
+    least ``gap`` tokens after the last pair. Query keys are drawn with replacement: were every key
+    asked once, the last answers would follow by elimination (the values not yet asked), a shortcut
+    that scores well above chance with no association at all. The target after a query key is its
+    value; its distance is from the key's latest earlier value token (the pair's, or a previous
+    query's)."""
+    p, n, t = task.pairs, task.num_queries, task.seq_len
     tokens = _filler(task, rng, t + 1)
     keys = rng.choice(np.arange(*task.ranges()["keys"]), p, replace=False)
     values = rng.integers(*task.ranges()["values"], size=p)
     tokens[0 : 2 * p : 2], tokens[1 : 2 * p : 2] = keys, values
     first = 2 * p + task.gap  # the earliest query key position
-    last = t - 1 if task.max_gap is None else min(t - 1, 2 * p + task.max_gap + 2 * p)
+    last = t - 1 if task.max_gap is None else min(t - 1, 2 * p + task.max_gap + 2 * n)
     slots = np.arange(first, last, 2)  # a query takes two tokens: key, then its value (teacher-forced)
-    if len(slots) < p:
-        raise ValueError(f"task mqar: no room for {p} queries between {first} and {last}")
-    where = np.sort(rng.choice(slots, p, replace=False))
-    order = rng.permutation(p)
-    tokens[where], tokens[where + 1] = keys[order], values[order]
-    return _row(tokens, {int(q): int(q - (2 * i + 1)) for q, i in zip(where, order)})
+    if len(slots) < n:
+        raise ValueError(f"task mqar: no room for {n} queries between {first} and {last}")
+    where = np.sort(rng.choice(slots, n, replace=False))
+    asked = rng.integers(0, p, size=n)
+    tokens[where], tokens[where + 1] = keys[asked], values[asked]
+    source = 2 * np.arange(p) + 1  # where each key's value was last seen
+    answers = {}
+    for q, i in zip(where, asked):
+        answers[int(q)] = int(q - source[i])
+        source[i] = q + 1
+    return _row(tokens, answers)
 
 
 def _key_recall(task: Task, rng: np.random.Generator, cue: np.ndarray, key: np.ndarray) -> TaskRow:

@@ -40,8 +40,12 @@ def test_mqar_keys_are_distinct_queries_follow_their_pairs_and_gaps_hold():
         keys = tokens[0:12:2]
         assert len(set(keys.tolist())) == 6  # no key reused across pairs
         pos = np.flatnonzero(answer)
-        assert sorted(tokens[pos].tolist()) == sorted(keys.tolist())  # each key queried once
-        assert np.all(pos >= 12 + 30) and np.all(distance[pos] > 30)
+        assert set(tokens[pos].tolist()) <= set(keys.tolist())
+        assert np.all(pos >= 12 + 30)
+        for q in pos:  # the source is the key's latest earlier value: no occurrence of it in between
+            src = q - distance[q]
+            assert tokens[src - 1] == tokens[q] and tokens[q] not in tokens[src : q].tolist()
+            assert distance[q] > 30 or tokens[q] in tokens[12:q].tolist()  # only a repeat is nearer
         # a query's answer is the value bound to its key
         bound = dict(zip(keys.tolist(), tokens[1:12:2].tolist()))
         assert [bound[int(k)] for k in tokens[pos]] == tokens[pos + 1].tolist()
@@ -50,6 +54,9 @@ def test_mqar_keys_are_distinct_queries_follow_their_pairs_and_gaps_hold():
         elsewhere = np.ones(len(tokens), bool)
         elsewhere[0:12:2] = elsewhere[pos] = False
         assert not np.any((tokens[elsewhere] >= k_lo) & (tokens[elsewhere] < k_hi))
+    # queries are drawn with replacement: no row lets the last answers follow by elimination
+    asked = [len(set(t[np.flatnonzero(a)].tolist())) for t, a, _ in zip(*r)]
+    assert min(asked) < 6 and max(asked) > 1
 
 
 @pytest.mark.parametrize("name", ("passkey", "induction"))
@@ -80,6 +87,22 @@ def test_bad_sizes_name_the_field_and_what_is_allowed():
         Task(name="mqar", seq_len=64, vocab_size=100)
     with pytest.raises(ValueError, match=r"task_kwargs \['pair'\]: unknown"):
         parse_task("mqar", 64, 200, (("pair", 3),))
+    with pytest.raises(ValueError, match="queries=0 must be a positive int"):
+        Task(name="mqar", seq_len=64, vocab_size=200, queries=0)
+    with pytest.raises(ValueError, match="seq_len=30 < 32"):
+        Task(name="mqar", seq_len=30, vocab_size=200, pairs=4, queries=12)
+
+
+def test_mqar_queries_outnumber_pairs_when_asked_and_repeats_read_the_nearest_source():
+    task = Task(name="mqar", seq_len=96, vocab_size=200, pairs=4, queries=20)
+    r = task.rows(0, range(20))
+    for tokens, answer, distance in zip(*r):
+        pos = np.flatnonzero(answer)
+        assert len(pos) == 20 and set(tokens[pos].tolist()) <= set(tokens[0:8:2].tolist())
+        np.testing.assert_array_equal(tokens[pos + 1], tokens[pos - distance[pos]])
+        repeats = [q for q in pos if tokens[q] in tokens[8:q].tolist()]
+        assert repeats and all(tokens[q - distance[q] - 1] == tokens[q] and q - distance[q] > 8
+                               for q in repeats)
 
 
 def _copier(rows_by_input):
