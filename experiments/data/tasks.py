@@ -151,12 +151,12 @@ def _row(tokens: np.ndarray, answers: dict[int, int]) -> TaskRow:
 
 
 def _mqar(task: Task, rng: np.random.Generator) -> TaskRow:
-    """``k1 v1 ... kP vP`` at the start (keys distinct), then filler holding ``queries`` questions ``k v``, each at
-    least ``gap`` tokens after the last pair. Query keys are drawn with replacement: were every key
-    asked once, the last answers would follow by elimination (the values not yet asked), a shortcut
-    that scores well above chance with no association at all. The target after a query key is its
-    value; its distance is from the key's latest earlier value token (the pair's, or a previous
-    query's)."""
+    """``k1 v1 ... kP vP`` at the start (keys distinct), then filler holding ``queries`` questions
+    ``k v``, each at least ``gap`` tokens after the last pair. Query keys are drawn with replacement:
+    were every key asked once, the last answers would follow by elimination (the values not yet
+    asked), a shortcut that scores well above chance with no association at all. The target after a
+    query key is its value; its distance is from the key's latest earlier value token (the pair's, or
+    a previous query's)."""
     p, n, t = task.pairs, task.num_queries, task.seq_len
     tokens = _filler(task, rng, t + 1)
     keys = rng.choice(np.arange(*task.ranges()["keys"]), p, replace=False)

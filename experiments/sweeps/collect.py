@@ -148,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Print a sweep's summary CSV (e.g. figures/tradeoff.csv) as "
                                             "the README's Markdown table.")
     p.add_argument("csv", type=Path)
-    print(markdown(pd.read_csv(p.parse_args(argv).csv)))
+    p.add_argument("--compare", nargs=3, action="append", metavar=("A", "B", "METRIC"), default=[],
+                   help="instead of the table, one sentence per use comparing labels A and B on METRIC "
+                        "(e.g. evals.task_acc_beyond) with their 95%% intervals and whether they overlap")
+    args = p.parse_args(argv)
+    df = pd.read_csv(args.csv)
+    if not args.compare:
+        print(markdown(df))
+    for a, b, metric in args.compare:
+        print(f"- {stats.compare(df, a, b, metric, decimals=2)}")
     return 0
 
 
