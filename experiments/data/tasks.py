@@ -19,6 +19,7 @@ from disjoint ranges above them (:meth:`Task.ranges`), so a cue occurs only wher
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -80,12 +81,9 @@ class Task:
                              f"{self.ranges()['filler'][0] + 8})")
 
     def ranges(self) -> dict[str, tuple[int, int]]:
-        """Half-open id ranges: keys, values (the answers), markers, then filler up to the vocabulary."""
-        k0 = RESERVED_IDS
-        v0 = k0 + (self.keys if self.name == "mqar" else 0)
-        m0 = v0 + self.values
-        f0 = m0 + 2
-        return {"keys": (k0, v0), "values": (v0, m0), "markers": (m0, f0), "filler": (f0, self.vocab_size)}
+        """Half-open id ranges: keys, values (the answers), markers, then filler up to the vocabulary
+        (computed once per task: every generated row asks for them)."""
+        return _ranges(self)
 
     def minimum_len(self) -> int:
         if self.name == "mqar":
@@ -118,6 +116,15 @@ class Task:
         """Rows ``indices`` of the stream ``seed``, stacked."""
         out = [self.row(np.random.default_rng([_STREAM_TAG, seed, int(i)])) for i in indices]
         return TaskRow(*(np.stack(x) for x in zip(*out)))
+
+
+@functools.cache
+def _ranges(task: Task) -> dict[str, tuple[int, int]]:
+    k0 = RESERVED_IDS
+    v0 = k0 + (task.keys if task.name == "mqar" else 0)
+    m0 = v0 + task.values
+    f0 = m0 + 2
+    return {"keys": (k0, v0), "values": (v0, m0), "markers": (m0, f0), "filler": (f0, task.vocab_size)}
 
 
 def parse_task(name: str, seq_len: int, vocab_size: int, kwargs: Sequence[tuple[str, Any]] = ()) -> Task:

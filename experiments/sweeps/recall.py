@@ -83,8 +83,6 @@ def _point(scale: str, label: str, family: str, config: RunConfig, x: float) -> 
                tags=(("scale", scale), ("family", family), ("knob", x)))
 
 
-@register("recall", "Based Fig. 2 / Zoology: trained MQAR recall vs decode-state bytes",
-          plot=lambda df, figures, name: plot_recall(df, figures, name))
 def recall(scale: str) -> list[Run]:
     base = BASES[scale]
     over = dict(base.overrides)
@@ -131,3 +129,7 @@ def plot_recall(df: pd.DataFrame, figures: Path, name: str = "recall") -> list[P
                      "Recall vs state size (dotted: inside the window)",
                      xscale="log", legend=8)
     return [plots.save_figure(fig, Path(figures) / f"{name}.png")]
+
+
+register("recall", "Based Fig. 2 / Zoology: trained MQAR recall vs decode-state bytes",
+         plot=plot_recall)(recall)
