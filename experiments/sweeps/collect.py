@@ -151,11 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", nargs=3, action="append", metavar=("A", "B", "METRIC"), default=[],
                    help="instead of the table, one sentence per use comparing labels A and B on METRIC "
                         "(e.g. evals.task_acc_beyond) with their 95%% intervals and whether they overlap")
+    p.add_argument("--against", nargs=2, action="append", metavar=("B", "METRIC"), default=[],
+                   help="as --compare, for every other label A of the summary in turn")
     args = p.parse_args(argv)
     df = pd.read_csv(args.csv)
-    if not args.compare:
+    pairs = [*args.compare, *((a, b, metric) for b, metric in args.against for a in df["label"] if a != b)]
+    if not pairs:
         print(markdown(df))
-    for a, b, metric in args.compare:
+    for a, b, metric in pairs:
         print(f"- {stats.compare(df, a, b, metric, decimals=2)}")
     return 0
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.sweeps import stats
+from experiments.sweeps import collect, stats
 
 
 def test_interval_is_the_student_t_interval_computed_by_hand():
@@ -96,3 +96,16 @@ def test_fold_prints_each_metric_with_its_interval():
     text = stats.fold(summary, "{:.2f}".format)
     assert list(text.columns) == ["label", "n", "evals.val_ppl"]
     assert text["evals.val_ppl"].iloc[0] == f"41.00 [{41 - 2.484:.2f}, {41 + 2.484:.2f}]"
+
+
+def test_collect_compares_points_of_a_summary_csv(tmp_path, capsys):
+    csv = tmp_path / "s.csv"
+    pd.DataFrame({"label": ["G", "L", "R"], "n": 3, "m": [0.2, 0.06, 0.1], "m.lo": [0.15, 0.05, 0.0],
+                  "m.hi": [0.25, 0.07, 0.2]}).to_csv(csv, index=False)
+    collect.main([str(csv), "--compare", "G", "R", "m", "--against", "L", "m"])
+    assert capsys.readouterr().out.splitlines() == [
+        "- G: 0.20 [0.15, 0.25] vs R: 0.10 [0.00, 0.20] — intervals overlap",
+        "- G: 0.20 [0.15, 0.25] vs L: 0.06 [0.05, 0.07] — intervals do not overlap",
+        "- R: 0.10 [0.00, 0.20] vs L: 0.06 [0.05, 0.07] — intervals overlap"]
+    with pytest.raises(ValueError, match="label='X' not in the summary"):
+        collect.main([str(csv), "--against", "X", "m"])
