@@ -126,10 +126,12 @@ def compare(summary: pd.DataFrame, label_a: str, label_b: str, metric: str,
             decimals: int | None = None) -> str:
     """One sentence comparing two points of ``summary`` (:func:`summarize` by label) on ``metric``:
     ``"global: 39.1 [38.2, 40.0] vs 5:1: 38.3 [37.9, 38.8] — intervals overlap"`` (or "do not
-    overlap"); with one seed of either, "one seed: no interval". ``decimals`` defaults to three
-    significant digits of the larger mean."""
-    if metric not in summary or f"{metric}.lo" not in summary:
-        raise ValueError(f"compare: metric={metric!r} is not summarized (summarize(df, [{metric!r}]))")
+    overlap"); with one seed of either (or no bounds in ``summary``), "one seed: no interval".
+    ``decimals`` defaults to three significant digits of the larger mean."""
+    if metric not in summary:
+        raise ValueError(f"compare: metric={metric!r} is not in the summary; columns: {', '.join(summary)}")
+    if f"{metric}.lo" not in summary:  # a summary of one seed per point (collect's CSV) has no bounds
+        summary = summary.assign(**{f"{metric}.lo": float("nan"), f"{metric}.hi": float("nan")})
     rows = {}
     for label in (label_a, label_b):
         match = summary[summary["label"] == label]

@@ -89,6 +89,8 @@ def test_overlap_and_the_comparison_sentence():
         stats.compare(summary, "global", "nope", "m")
     with pytest.raises(ValueError, match="metric='x'"):
         stats.compare(summary, "global", "5:1", "x")
+    single = summary[["label", "m"]]  # one seed per point: the summary CSV has no bounds
+    assert stats.compare(single, "global", "5:1", "m") == "global: 39.1 vs 5:1: 38.3 — one seed: no interval"
 
 
 def test_fold_prints_each_metric_with_its_interval():
