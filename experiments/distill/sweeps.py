@@ -11,9 +11,13 @@ Each teacher is an ordinary Run listed before its students; a student's ``RunCon
 ``--out``. The runner executes the list in order, so the teacher is trained first, and ``--shard`` /
 ``--workers`` keep a student in its teacher's shard (``experiments.sweeps.runner.group_of``).
 
-Scales. default (2-core CPU, ~20-30 minutes for both sweeps; the default 8192-piece tokenizer):
-students of 4 layers x 64 and 6 layers x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128
-and T_small of 4 layers x 128, both on twice the student tokens; teacher_size horizons 32 and 96 steps.
+Teachers are shared baselines: with ``--seeds N`` the students are replicated (their seed moves) and
+each replica distills from the same teacher, trained once.
+
+Scales. default (2-core CPU; the default 8192-piece tokenizer): students of 4 layers x 64 and 6 layers
+x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128 on four times the student tokens.
+teacher_size pits T against T_small, 2 layers x 64 on the same tokens (so that the two teachers'
+perplexities differ clearly, which the question needs), at student horizons of 32, 96 and 288 steps.
 quick (CI, notebooks): 1-2 layer models, a few steps, one student size and one horizon.
 """
 
@@ -29,20 +33,21 @@ K = 256  # Gemma 3 section 2.2: 256 sampled logits per token; top-k uses the sam
 # Model shapes as overrides of the scale's base (num_layers, width, mlp_width); heads come from the base.
 SHAPES = {
     "quick": {"S": (1, 32, 64), "M": (2, 32, 64), "T_small": (1, 64, 128), "T": (2, 64, 128)},
-    "default": {"S": (4, 64, 256), "M": (6, 96, 384), "T_small": (4, 128, 512), "T": (8, 128, 512)},
+    "default": {"S": (4, 64, 256), "M": (6, 96, 384), "T_small": (2, 64, 256), "T": (8, 128, 512)},
     "device": {"S": (4, 128, 512), "M": (6, 192, 768), "T_small": (4, 256, 1024), "T": (8, 256, 1024)},
     "full": {"S": (8, 384, 1536), "M": (12, 512, 2048), "T_small": (8, 768, 3072), "T": (16, 768, 3072)},
 }
 # (student steps, batch, seq_len, teacher steps) per scale; the teachers see `teacher steps` batches
 SCHEDULE = {
     "quick": dict(steps=4, batch=4, seq_len=64, teacher_steps=8),
-    "default": dict(steps=96, batch=8, seq_len=256, teacher_steps=192),
+    "default": dict(steps=96, batch=8, seq_len=256, teacher_steps=384),
     "device": dict(steps=400, batch=32, seq_len=512, teacher_steps=1200),
     "full": dict(steps=10_000, batch=64, seq_len=2048, teacher_steps=30_000),
 }
 # teacher_size horizons (student steps); the longest default one equals the distill sweep's students,
 # so those runs can be copied over (same config, same hash) instead of retrained
-HORIZONS = {"quick": (4,), "default": (32, 96), "device": (100, 400), "full": (2_500, 10_000, 40_000)}
+HORIZONS = {"quick": (4,), "default": (32, 96, 288), "device": (100, 400, 1200),
+            "full": (2_500, 10_000, 40_000)}
 
 
 def shaped(scale: str, name: str, steps: int) -> RunConfig:
@@ -74,7 +79,7 @@ def student(scale: str, size: str, steps: int, method: str, teacher: RunConfig |
 
 def _teacher_run(scale: str, name: str, cfg: RunConfig, **tags) -> Run:
     return run(scale, f"teacher {name}", cfg, tags=(("role", "teacher"), ("teacher", name),
-                                                    *tags.items()))
+                                                    *tags.items()), replicated=False)
 
 
 @register("distill", "Gemma 2 Table 7 (student size x next-token vs distillation)", plot=plots.plot_distill)

@@ -74,6 +74,9 @@ class Run:
     eval_seq_len: int | None = None
     tags: tuple[tuple[str, Any], ...] = ()
     quick: bool = False  # lighter probes (fewer trials); not part of the key
+    # False: a shared baseline that seeds do not repeat, such as the teacher every student replica
+    # distills from (seed 0 only); not part of the key
+    replicated: bool = True
 
     @property
     def is_variant(self) -> bool:
@@ -86,7 +89,9 @@ class Run:
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise ValueError(f"{type(self).__name__}.with_seed: i={i!r}: must be an int >= 0 "
                              "(0: the point itself)")
-        return self if i == 0 else self.replica(i)
+        if i == 0:
+            return self
+        return self.replica(i) if self.replicated else None
 
     def replica(self, i: int) -> Run | None:
         """The ``i``-th (``i >= 1``) seed replica: the same label and tags (the seed is already the

@@ -15,6 +15,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 
+import arch
 from experiments.runconfig import RunConfig
 from experiments.sweeps import cli
 from experiments.sweeps import runner as sw
@@ -404,6 +405,22 @@ def test_student_replicas_keep_their_teacher_and_its_shard():
     for n in (2, 3):
         home = next(shard(runs, i, n) for i in range(n) if teacher in shard(runs, i, n))
         assert all(s in home for s in students)
+    # the teachers are trained once: seeds repeat the students only
+    for name in ("distill", "teacher_size"):
+        teachers = [r for r in expand(name, "default", seeds=3) if dict(r.tags)["role"] == "teacher"]
+        assert teachers == [r for r in expand(name, "default") if dict(r.tags)["role"] == "teacher"]
+
+
+def test_teacher_size_poses_its_question():
+    """Two teachers of clearly different size, three or more student horizons, a next-token baseline."""
+    runs = expand("teacher_size", "default")
+    teachers = {dict(r.tags)["teacher"]: r.config for r in runs if dict(r.tags)["role"] == "teacher"}
+    sizes = {n: arch.count_params(c.base_model_config())["non_embedding"] for n, c in teachers.items()}
+    assert sizes["T"] > 10 * sizes["T_small"]
+    steps = sorted({dict(r.tags)["steps"] for r in runs if dict(r.tags)["role"] == "student"})
+    assert len(steps) >= 3 and steps[-1] >= 9 * steps[0]
+    assert {dict(r.tags)["teacher"] for r in runs if dict(r.tags)["role"] == "student"} == {
+        "T", "T_small", "none"}
 
 
 def test_embedding_replicas_vary_both_seeds_and_skip_the_deterministic_baselines():
