@@ -107,7 +107,8 @@ def recall(scale: str) -> list[Run]:
 
 def plot_recall(df: pd.DataFrame, figures: Path, name: str = "recall") -> list[Path]:
     """Accuracy beyond the local stack's reach (and inside the window, dashed) against decode-state
-    bytes at 32K, one curve per family, 95% intervals over seeds where there are several."""
+    bytes at 32K, one curve per family, 95% intervals over seeds where there are several (drawn clipped
+    to [0, 1])."""
     metrics = ["evals.task_acc_beyond", "evals.task_acc_window", "evals.cache_bytes_32k"]
     df = plots.done_runs(df, "plot_recall", needs=tuple(metrics))
     points = stats.summarize(df, metrics, by=("label", "tag.family", "tag.knob"))
@@ -117,9 +118,14 @@ def plot_recall(df: pd.DataFrame, figures: Path, name: str = "recall") -> list[P
         mib = part["evals.cache_bytes_32k"].to_numpy(float) / 2**20
         ax.plot(mib, part["evals.task_acc_beyond"], "o-", color=f"C{i}", label=family)
         ax.plot(mib, part["evals.task_acc_window"], ":", color=f"C{i}", alpha=0.5)
-        plots.draw_interval(ax, mib, part, "evals.task_acc_beyond", color=f"C{i}")
+        # an accuracy lies in [0, 1]: a t-interval over a few bimodal seeds (learned / not) may not
+        bounds = {f"evals.task_acc_beyond.{b}": part[f"evals.task_acc_beyond.{b}"].clip(0, 1)
+                  for b in ("lo", "hi") if f"evals.task_acc_beyond.{b}" in part}
+        plots.draw_interval(ax, mib, part.assign(**bounds), "evals.task_acc_beyond", color=f"C{i}")
+        below = family == "hybrid RRG"  # it shares its cache size with 3:1: label it underneath
         for x, y, label in zip(mib, part["evals.task_acc_beyond"], part["label"]):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -11 if below else 3),
+                        fontsize=7)
     chance = df["evals.task_chance"].dropna()
     if len(chance):
         ax.axhline(float(np.mean(chance)), color="grey", lw=0.8, ls="--", label="chance")
