@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SCALE ?= default
+WORKERS ?= $(shell $(PY) -c "import os; print(min(2, len(os.sched_getaffinity(0))))")
 LOCK := requirements.lock
 EXTRAS ?= dev,hf
 # pip, setuptools and the project build without isolation, so the build uses the locked setuptools.
@@ -20,13 +21,14 @@ $(BIN)/.installed: pyproject.toml $(LOCK)
 	echo "$(EXTRAS)" > $@
 
 run: $(BIN)/.installed
-	$(BIN)/python -m experiments.sweeps tradeoff --scale $(SCALE) $(if $(filter default,$(SCALE)),--update-figures)
+	$(BIN)/python -m experiments.sweeps tradeoff --scale $(SCALE) --seeds 3 --workers $(WORKERS) \
+		$(if $(filter default,$(SCALE)),--update-figures)
 
-# one large GPU (H100/H200 class): the tradeoff and recall sweeps at their device scale, figures and
-# tables under results/figures/device/
+# one large GPU (H100/H200 class): the recall and tradeoff sweeps at their device scale, figures and
+# tables under results/figures/device/ (recall first: the tradeoff figure's recall panel reads its summary)
 device: $(BIN)/.installed
-	$(BIN)/python -m experiments.sweeps tradeoff --scale device
 	$(BIN)/python -m experiments.sweeps recall --scale device
+	$(BIN)/python -m experiments.sweeps tradeoff --scale device
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .

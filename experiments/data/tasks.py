@@ -51,6 +51,7 @@ class Task:
     vocab_size: int
     pairs: int = 4  # mqar: key-value pairs per row; copy: tokens to copy
     queries: int | None = None  # mqar: questions per row (None: as many as pairs), keys with replacement
+    repeat: float = 0.0  # mqar: chance that a question asks the previous question's key again
     keys: int = 64  # mqar: key ids to draw from
     values: int = 64  # mqar, passkey, copy, induction: answer ids to draw from
     key_len: int = 1  # passkey: tokens in the key
@@ -65,6 +66,8 @@ class Task:
         for field in ("seq_len", "pairs", "keys", "values", "key_len"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
                 raise ValueError(f"task {self.name}: {field}={getattr(self, field)!r} must be a positive int")
+        if not 0.0 <= self.repeat < 1.0:
+            raise ValueError(f"task {self.name}: repeat={self.repeat!r} must be in [0, 1)")
         if self.gap < 0 or (self.max_gap is not None and self.max_gap < self.gap):
             raise ValueError(f"task {self.name}: gap={self.gap}, max_gap={self.max_gap}: need "
                              f"0 <= gap <= max_gap")
@@ -176,6 +179,9 @@ def _mqar(task: Task, rng: np.random.Generator) -> TaskRow:
         raise ValueError(f"task mqar: no room for {n} queries between {first} and {last}")
     where = np.sort(rng.choice(slots, n, replace=False))
     asked = rng.integers(0, p, size=n)
+    if task.repeat:  # drawn only when asked for, so rows without repeats stay as they were
+        for i in np.flatnonzero(rng.random(n - 1) < task.repeat) + 1:  # in order: a run keeps one key
+            asked[i] = asked[i - 1]
     tokens[where], tokens[where + 1] = keys[asked], values[asked]
     source = 2 * np.arange(p) + 1  # where each key's value was last seen
     answers = {}

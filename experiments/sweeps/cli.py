@@ -29,17 +29,21 @@ def write_summary(name: str, scale: str, out: Path, folder: Path, seeds: int = 1
     finished runs of :func:`results`, in the sweep's order (the README prints its table from it:
     ``python -m experiments.sweeps.collect figures/<name>.csv``). When a label has more than one seed,
     one row per label (``run``: its first seed's directory) with ``n`` and each figure's mean,
-    ``.lo`` and ``.hi`` (:func:`experiments.sweeps.collect.per_label`). None, and nothing written, when
-    the runs have none of those figures (the embedding sweep: its tables are its report)."""
+    ``.lo`` and ``.hi`` (:func:`experiments.sweeps.collect.per_label`), then the columns the sweep's
+    ``extend`` takes from other summaries in ``folder``. None, and nothing written, when the runs have
+    none of those figures (the embedding sweep: its tables are its report)."""
     order = {r.key: i for i, r in enumerate(expand(name, scale, seeds))}
     df = results(name, scale, out, seeds)
     metrics = [c for c in COLUMNS[2:] if c in df]
     if not metrics:
         return None
     df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
-    cols = [c for c in ("run", "label", "tag.pattern", *metrics) if c in df]
+    cols = [c for c in ("run", "label", "tag.pattern", "tag.base", *metrics) if c in df]
+    rows = per_label(df[cols], metrics)
+    if (extend := get_sweep(name).extend) is not None:
+        rows = extend(rows, Path(folder))
     path = Path(folder) / f"{name}.csv"
-    atomic_write_bytes(path, per_label(df[cols], metrics).to_csv(index=False).encode())
+    atomic_write_bytes(path, rows.to_csv(index=False).encode())
     return path
 
 
@@ -105,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.dry_run and args.core is None:  # a worker leaves the report to the process that started it
         print(get_sweep(args.name).report(results(args.name, args.scale, args.out, args.seeds)))
-        if args.update_figures:
-            path = write_summary(args.name, args.scale, args.out, runner.README_FIGURES, args.seeds)
-            if path is not None:
-                print(f"summary: {path}")
+        # beside the figures, where another sweep's figure or table may read it (tradeoff <- recall)
+        folder = figures or runner.figures_dir(args.out, args.scale)
+        if (path := write_summary(args.name, args.scale, args.out, folder, args.seeds)) is not None:
+            print(f"summary: {path}")
     return 0

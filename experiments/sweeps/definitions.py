@@ -14,11 +14,15 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+
+import pandas as pd
 
 import arch
 from arch.config import ratio
 from experiments.runconfig import RunConfig
 from experiments.sweeps import plots
+from experiments.sweeps.recall import tradeoff_recall
 from experiments.sweeps.runner import Run, register
 
 # One base model per scale. quick: seconds per run (CI, notebooks; 6 layers and a subset of each sweep);
@@ -30,9 +34,10 @@ BASES: dict[str, RunConfig] = {
         eval_every=6, eval_batches=1, ckpt_every=6, log_every=2,
         overrides=(("num_layers", 6), ("width", 32), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 16), ("mlp_width", 64), ("window", 16))),
+    # (8 rows of 256 per step: the main job runs it at three seeds per point within half an hour)
     "default": RunConfig(
-        preset="small_gemma3", vocab_size=8192, steps=200, batch=16, seq_len=256, warmup=20, lr=3e-3,
-        eval_every=100, eval_batches=4, ckpt_every=50, log_every=10,
+        preset="small_gemma3", vocab_size=8192, steps=200, batch=8, seq_len=256, warmup=20, lr=3e-3,
+        eval_every=100, eval_batches=8, ckpt_every=50, log_every=10,
         overrides=(("num_layers", 8), ("width", 128), ("num_heads", 2), ("num_kv_heads", 1),
                    ("head_dim", 64), ("mlp_width", 512), ("window", 64))),
     # one large GPU: the default shape twice as wide, 4x the tokens per step, in bf16; sized for the
@@ -105,7 +110,27 @@ def with_pattern(config: RunConfig, pattern: str) -> RunConfig:
     return config.with_model(pattern=pattern, lru_width=width, lru_gate_blocks=cfg.num_heads)
 
 
-@register("tradeoff", "memory/quality trade-off (Gemma 3 Fig. 5-6, RecurrentGemma)", plot=plots.plot_tradeoff)
+RECALL_COLUMNS = ("evals.task_acc_window", "evals.task_acc_beyond")
+
+
+def with_recall(rows: pd.DataFrame, figures: Path) -> pd.DataFrame:
+    """The tradeoff summary with each pattern's recall (in the window, beyond the local reach; mean and
+    interval) from the recall sweep's summary in the same folder (:func:`tradeoff_recall`): the same
+    layer pattern, trained on MQAR at the recall sweep's shape. Unchanged when there is none."""
+    recall = tradeoff_recall(figures)
+    if recall is None or "tag.pattern" not in rows:
+        return rows
+    cols = [c for m in RECALL_COLUMNS for c in (m, f"{m}.lo", f"{m}.hi") if c in recall]
+    return rows.merge(recall[["tag.pattern", *cols]], on="tag.pattern", how="left")
+
+
+def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
+    """:func:`plots.plot_tradeoff` with the recall panel read from the recall summary beside it."""
+    return plots.plot_tradeoff(df, figures, name, recall=tradeoff_recall(figures))
+
+
+@register("tradeoff", "memory/quality trade-off (Gemma 3 Fig. 5-6, RecurrentGemma)", plot=plot_tradeoff,
+          extend=with_recall)
 def tradeoff(scale: str) -> list[Run]:
     items = TRADEOFF if scale != "quick" else [TRADEOFF[i] for i in (0, 3, 6)]
     return [run(scale, label, with_pattern(base(scale), p), tags=(("pattern", p),)) for label, p in items]

@@ -75,17 +75,21 @@ def _draw_curve(ax, row: pd.Series, prefix: str, **kw) -> bool:
     return True
 
 
-def draw_interval(ax, x, summary: pd.DataFrame, metric: str, *, color=None, horizontal: bool = False) -> None:
+def draw_interval(ax, x, summary: pd.DataFrame, metric: str, *, color=None, horizontal: bool = False,
+                  bounds: tuple[float, float] | None = None) -> None:
     """Error bars of the 95% intervals of ``summary[metric]`` (:func:`experiments.sweeps.stats.summarize`)
     at positions ``x`` (vertical bars; ``horizontal``: the metric runs along x and ``x`` are the y
     positions), for the rows that have one (more than one seed); nothing when none has: a figure of
-    one seed per point has no error bars."""
+    one seed per point has no error bars. ``bounds``: the metric's range (an accuracy's ``(0, 1)``),
+    where the bars are cut: a t-interval over a few bimodal seeds (learned / not) may reach past it."""
     if "n" not in summary:
         return
     keep = ((summary["n"] > 1) & summary[f"{metric}.lo"].notna() & summary[f"{metric}.hi"].notna()).to_numpy()
     if not keep.any():
         return
     mean, lo, hi = (summary[f"{metric}{end}"].to_numpy(float)[keep] for end in ("", ".lo", ".hi"))
+    if bounds is not None:
+        lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
     at, err = np.asarray(x)[keep], np.stack([mean - lo, hi - mean])
     style = dict(fmt="none", ecolor=color or "k", elinewidth=1, capsize=3)
     if horizontal:
@@ -123,21 +127,47 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff") -> list[Path]:
+def plot_tradeoff(df: pd.DataFrame, figures: Path, name: str = "tradeoff",
+                  recall: pd.DataFrame | None = None) -> list[Path]:
+    """Perplexity against decode cache (left) and, from ``recall`` (the recall sweep's summary rows,
+    one per layer pattern: ``tag.pattern``, ``evals.task_acc_beyond`` and its cache), MQAR recall
+    beyond the local reach against that model's cache (right), each point with its 95% interval; then
+    loss by position and the zero-shot probes."""
     df = done_runs(df, "plot_tradeoff")
     points = stats.summarize(df, ["evals.cache_bytes_32k", "evals.val_ppl"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     mib = points["evals.cache_bytes_32k"] / 2**20
     ax.scatter(mib, points["evals.val_ppl"], s=40)
     draw_interval(ax, mib, points, "evals.val_ppl", color="C0")
     for x, y, label in zip(mib, points["evals.val_ppl"], points["label"]):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     label_axes(ax, "decode cache at 32K tokens, bf16, batch 1 (MiB, log scale)", "validation perplexity",
-               "Memory / quality trade-off of Gemma-family layer patterns", xscale="log", legend=None)
+               "Quality: perplexity on the corpus", xscale="log", legend=None)
+    _recall_panel(right, df, recall)
     paths = [save_figure(fig, Path(figures) / f"{name}.png")]
     paths += plot_loss_by_position(df, figures, name)
     paths += plot_probes(df, figures, name)
     return paths
+
+
+def _recall_panel(ax, df: pd.DataFrame, recall: pd.DataFrame | None) -> None:
+    """The tradeoff's patterns on ``recall`` (labelled as in ``df``), or a note naming what is missing."""
+    names = dict(zip(df.get("tag.pattern", ()), df["label"]))
+    rows = None if recall is None else recall[recall["tag.pattern"].isin(names)]
+    title = "Recall: MQAR beyond the local reach"
+    if rows is None or rows.empty:
+        ax.text(0.5, 0.5, "no recall summary beside this figure:\nrun the recall sweep at this scale",
+                ha="center", va="center", transform=ax.transAxes)
+        label_axes(ax, "", "", title, legend=None)
+        return
+    mib = rows["evals.cache_bytes_32k"].to_numpy(float) / 2**20
+    ax.scatter(mib, rows["evals.task_acc_beyond"], s=40, color="C1")
+    draw_interval(ax, mib, rows, "evals.task_acc_beyond", color="C1", bounds=(0, 1))
+    for x, y, pattern in zip(mib, rows["evals.task_acc_beyond"], rows["tag.pattern"]):
+        ax.annotate(names[pattern], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_ylim(-0.03, 1.05)
+    label_axes(ax, "decode state at 32K tokens of the recall model (MiB, log scale)",
+               "accuracy (held-out answers)", title, xscale="log", legend=None)
 
 
 def plot_loss_by_position(df: pd.DataFrame, figures: Path, name: str) -> list[Path]:

@@ -123,6 +123,7 @@ class Run:
 Plot = Callable[[pd.DataFrame, Path, str], list[Path]]
 Prepare = Callable[[str, Path, int], None]
 Report = Callable[[pd.DataFrame], str]
+Extend = Callable[[pd.DataFrame, Path], pd.DataFrame]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,20 +134,23 @@ class Sweep:
     plot: Plot | None = None  # (results(...) of the scale and seeds, figures folder, sweep name) -> paths
     prepare: Prepare | None = None  # (scale, out, seeds): what the runs share, built before the workers
     report: Report = table  # results(...) of the scale and seeds -> the text the CLI prints after a run
+    # (summary CSV rows, figures folder) -> the rows with columns from other sweeps' summaries there
+    extend: Extend | None = None
 
 
 SWEEPS: dict[str, Sweep] = {}
 
 
 def register(name: str, mirrors: str, plot: Plot | None = None, prepare: Prepare | None = None,
-             report: Report = table):
+             report: Report = table, extend: Extend | None = None):
     """Decorator: ``@register("ratio", "Gemma 3 Fig. 3", plot=plots.plot_ratio_window)`` on a
     ``scale -> list[Run]`` function. ``prepare(scale, out, seeds)`` builds what the runs of the sweep
     share (a tokenizer, a base model for each seed) before parallel workers start, so they never build
-    it side by side."""
+    it side by side. ``extend(rows, folder)`` adds columns to the sweep's summary CSV from the summaries
+    of other sweeps in the same folder (the ``tradeoff`` table's recall columns)."""
 
     def wrap(fn):
-        SWEEPS[name] = Sweep(name, mirrors, fn, plot, prepare, report)
+        SWEEPS[name] = Sweep(name, mirrors, fn, plot, prepare, report, extend)
         return fn
 
     return wrap

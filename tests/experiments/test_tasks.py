@@ -105,6 +105,22 @@ def test_mqar_queries_outnumber_pairs_when_asked_and_repeats_read_the_nearest_so
                                for q in repeats)
 
 
+def test_mqar_repeat_asks_the_previous_key_again_and_brings_answers_near():
+    def near(repeat):
+        task = Task(name="mqar", seq_len=64, vocab_size=64, pairs=8, queries=16, keys=16, values=16,
+                    repeat=repeat)
+        r = task.rows(0, range(64))
+        asked = [tokens[np.flatnonzero(answer)] for tokens, answer, _ in zip(*r)]
+        again = np.mean([np.mean(a[1:] == a[:-1]) for a in asked])
+        return again, np.mean(r.distance[r.answer] < 4)
+
+    (again0, near0), (again9, near9) = near(0.0), near(0.9)
+    assert again0 < 0.25 and again9 > 0.85  # 1/8 by chance; 0.9 + 0.1/8 when asked
+    assert near9 > 2 * near0
+    with pytest.raises(ValueError, match="repeat=1.0"):
+        Task(name="mqar", seq_len=64, vocab_size=64, repeat=1.0)
+
+
 def _copier(rows_by_input):
     """Logits that put all mass on the true next token: a model that has solved the task."""
     def fn(inputs):
