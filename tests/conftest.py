@@ -1,10 +1,32 @@
 """Shared fixtures. Nothing here runs at import time beyond defining fixtures (keeps collection fast)."""
 
 import itertools
+import os
 import random
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the session, empty at its start: the xdist workers, notebook
+    kernels and sweep worker processes inherit it through the environment, so a program compiled once
+    (a seed replica's train step, a quick sweep two notebooks share) is read back instead of compiled
+    again. The first process to get here makes it and removes it at the end."""
+    if not os.environ.get(CACHE_ENV):
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="gemma-lab-jax-cache-")
+        config._jax_cache_owner = True
+    jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_jax_cache_owner", False):
+        shutil.rmtree(os.environ.pop(CACHE_ENV), ignore_errors=True)
+
 
 WORDS = ["def", "return", "self", "value", "for", "in", "range", "if", "else", "print", "data", "42"]
 

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+
 from experiments.data.io import atomic_write_bytes
 from experiments.sweeps import runner
 from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, per_label
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.core is not None:  # before JAX starts its CPU backend: its thread pools follow this affinity
         os.sched_setaffinity(0, {args.core})
+    if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR, when set, wins
+        # seed replicas and repeated shapes compile the same programs: read back, not compiled again
+        jax.config.update("jax_compilation_cache_dir", str(args.out.resolve() / ".jax-cache"))
     figures = runner.README_FIGURES if args.update_figures else args.figures
     result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard, dry_run=args.dry_run,
                        plot=not args.no_plot, figures=figures, workers=args.workers or 1, seeds=args.seeds)

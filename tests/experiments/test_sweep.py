@@ -207,6 +207,21 @@ def test_dry_run_lists_without_running(fake, tmp_path, capsys):
     assert not fake.trained and not (tmp_path / "gqa").exists()
 
 
+def test_the_cli_keeps_compiled_programs_under_out_unless_a_cache_is_set(tmp_path):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path), "--dry-run"]) == 0
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path.resolve() / ".jax-cache")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        assert cli.main(["gqa", "--scale", "quick", "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
 def test_a_failed_run_fails_every_caller(fake, tmp_path, monkeypatch, capsys):
     """The CLI exits 1, raise_failures names the run and its error, and the notebooks' ensure_sweep
     raises instead of drawing from a table with a hole in it."""

@@ -1,6 +1,7 @@
 """Every notebook executes top to bottom at quick scale (running the quick sweeps it needs)."""
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,6 @@ def test_notebook_executes(path, results, monkeypatch):
     assert not failed, f"runs failed: {failed}"
     # every cell that draws shows at least one figure
     for cell in code:
-        if "show(plots." in cell.source or "plot_all(df" in cell.source:
+        if re.search(r"^show\(", cell.source, re.M) or "plot_all(df" in cell.source:
             images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
             assert images, f"no figure shown by the cell:\n{cell.source}"
