@@ -30,6 +30,12 @@ device: $(BIN)/.installed
 	$(BIN)/python -m experiments.sweeps recall --scale device
 	$(BIN)/python -m experiments.sweeps tradeoff --scale device
 
+# The device check (scripts/device_check.sh; kernels/BENCHMARKS.md): on a GPU machine as it is, with no
+# venv of its own (a device reaches no registry); CHECK_ARGS=--quick, --cpu or "--only bench,decode".
+.PHONY: device-check
+device-check:
+	bash scripts/device_check.sh $(CHECK_ARGS)
+
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

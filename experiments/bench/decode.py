@@ -36,10 +36,15 @@ the step about twice as fast.
 
     python -m experiments.bench.decode [--presets published|small|NAME[:PATTERN],...]
         [--contexts 1024,2048,...] [--rounds 8] [--dtype bfloat16|float32] [--out figures]
+        [--json FILE]
+
+``--json`` also writes the timings (seconds per token, wall-clock and CPU, per model and context),
+the device and the memory figures: the device check (``scripts/device_check.sh``) reads it.
 """
 
 import argparse
 import gc
+import json
 import os
 import time
 from pathlib import Path
@@ -153,6 +158,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=8, help="timed steps per context (fastest kept)")
     p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES), help="weights and cache")
     p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--json", type=Path, default=None, help="also write the timings here as JSON")
     args = p.parse_args(argv)
     if "xla_cpu_scheduler_type" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
@@ -194,6 +200,12 @@ def main(argv=None) -> None:
                        f"decode_time_{args.presets if args.presets in MODEL_SETS else 'custom'}.png")
     plot(cpu, contexts, path, title, info)  # CPU time: robust to other processes taking the cores
     print(f"\nwrote {path}")
+    if args.json is not None:
+        models = {label: dict(info[label], wall_s=results[label], cpu_s=cpu[label]) for label in results}
+        record = dict(device=device, backend=jax.default_backend(), jax=jax.__version__, dtype=args.dtype,
+                      rounds=args.rounds, contexts=contexts, models=models)
+        args.json.write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Flash attention kernels (interpret mode) against the dense reference: values and gradients."""
+"""Flash attention kernels against the dense reference: values and gradients.
+
+The ``gpu``-marked tests run the kernels compiled on a GPU and interpreted on CPU (CI): ``INTERPRET`` is
+the platform default of :func:`gemma_kernels._platform.resolve_interpret`. The ``long`` case runs on a
+device only; interpreted it would take minutes.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,14 +11,25 @@ import numpy as np
 import pytest
 
 import gemma_kernels
+from gemma_kernels._platform import resolve_interpret
 from gemma_kernels.attention import band
 from gemma_kernels.attention.pallas import attention_pallas
 from gemma_kernels.attention.pallas_fwd import flash_forward
-from gemma_kernels.blocks import AttentionBlocks
+from gemma_kernels.blocks import AttentionBlocks, compiler_params
 from gemma_kernels.masks import visible
 
 SMALL = AttentionBlocks(block_q=16, block_k=16, block_q_bwd=16, block_k_bwd=16)
 MIXED = AttentionBlocks(block_q=16, block_k=32, block_q_bwd=32, block_k_bwd=16)
+INTERPRET = resolve_interpret(None)  # True exactly on CPU
+ON_CPU = jax.default_backend() == "cpu"
+
+
+@pytest.fixture(autouse=True)
+def ieee_f32_matmuls():
+    """f32 cases compare at 1e-5: on a GPU both the kernel (Triton) and the XLA reference would
+    otherwise round f32 matmul inputs to TF32 (10-bit mantissa). No effect on CPU or on bf16 inputs."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def rel_err(a, b):
@@ -67,27 +83,30 @@ def assert_matches(fn, ref, q, k, v, w, tol):
         assert rel_err(got, want) < tol
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_and_grad_match_reference(name):
     t, h, kv, e, window, causal, softcap, cuts, blocks = CASES[name]
     q, k, v, w = qkv(t, h, kv, e)
     seg = None if cuts is None else segments(t, cuts)
     opts = dict(window=window, causal=causal, softcap=softcap, segment_ids=seg)
-    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=blocks, **opts)  # noqa: E731
+    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=INTERPRET, blocks=blocks, **opts)  # noqa: E731
     ref = lambda q, k, v: gemma_kernels.attention_reference(q, k, v, **opts)  # noqa: E731
     assert_matches(pallas, ref, q, k, v, w, 1e-5)
 
 
+@pytest.mark.gpu
 def test_public_entry_point_dispatches_to_pallas():
     q, k, v, _ = qkv(40, 2, 1, 16)
-    out = gemma_kernels.attention(q, k, v, window=5, impl="pallas", interpret=True, scale=0.3)
+    out = gemma_kernels.attention(q, k, v, window=5, impl="pallas", interpret=None, scale=0.3)
     assert rel_err(out, gemma_kernels.attention_reference(q, k, v, window=5, scale=0.3)) < 1e-5
 
 
+@pytest.mark.gpu
 def test_bf16_inputs_f32_accumulation():
     q, k, v, w = qkv(48, 4, 2, 32, dtype=jnp.bfloat16, seed=1)
     opts = dict(window=9, causal=True, softcap=20.0)
-    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=True, blocks=SMALL, **opts)  # noqa: E731
+    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=INTERPRET, blocks=SMALL, **opts)  # noqa: E731
 
     def ref(q, k, v):  # f32 math on the same bf16 values
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
@@ -96,6 +115,7 @@ def test_bf16_inputs_f32_accumulation():
     assert_matches(pallas, ref, q, k, v, w, 2e-2)  # outputs and gradients in bf16
 
 
+@pytest.mark.gpu
 def test_vmap_over_batch_with_segments():
     b, t = 2, 48
     ks = jax.random.split(jax.random.key(3), 3)
@@ -108,7 +128,7 @@ def test_vmap_over_batch_with_segments():
     def batched(fn):
         return lambda q, k, v: jax.vmap(lambda q, k, v, s: fn(q, k, v, segment_ids=s, **opts))(q, k, v, seg)
 
-    pallas = batched(lambda *a, **kw: attention_pallas(*a, interpret=True, blocks=SMALL, **kw))
+    pallas = batched(lambda *a, **kw: attention_pallas(*a, interpret=INTERPRET, blocks=SMALL, **kw))
     ref = batched(gemma_kernels.attention_reference)
     assert rel_err(pallas(q, k, v), ref(q, k, v)) < 1e-5
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))  # noqa: E731
@@ -116,19 +136,34 @@ def test_vmap_over_batch_with_segments():
         assert rel_err(got, exp) < 1e-5
 
 
+@pytest.mark.gpu
 def test_rows_without_visible_keys_give_zeros():
     """Padding rows (positions >= t) see no key: the kernel must write zeros and a finite lse."""
     t, tp, e = 20, 32, 16
     q, k, v, _ = qkv(tp, 2, 1, e)
     o, lse = flash_forward(
         q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2), None, t=t, window=4,
-        causal=False, softcap=None, scale=e**-0.5, blocks=(16, 16), interpret=True, params=None,
+        causal=False, softcap=None, scale=e**-0.5, blocks=(16, 16), interpret=INTERPRET,
+        params=compiler_params(INTERPRET, num_warps=4, num_stages=2),
     )
     assert np.all(np.isfinite(np.asarray(o))) and np.all(np.isfinite(np.asarray(lse)))
     assert np.all(np.asarray(o[:, t:]) == 0.0)
     assert np.all(np.asarray(lse[:, t:]) == band.BIG)
     want = gemma_kernels.attention_reference(q[:t], k[:t], v[:t], window=4, causal=False)
     assert rel_err(o[:, :t].transpose(1, 0, 2), want) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="long case: compiled kernels only (interpreted it takes minutes)")
+@pytest.mark.parametrize("window", [512, None])
+def test_long_sequence_matches_reference(window):
+    """The device's own tiles (``AttentionBlocks.for_backend``) over many key blocks: the band skip
+    and the online softmax across 64+ blocks, which the short cases above never reach."""
+    q, k, v, w = qkv(4096, 4, 1, 128, seed=2)
+    opts = dict(window=window, causal=True, softcap=50.0)
+    pallas = lambda q, k, v: attention_pallas(q, k, v, interpret=INTERPRET, **opts)  # noqa: E731
+    ref = lambda q, k, v: gemma_kernels.attention_reference(q, k, v, **opts)  # noqa: E731
+    assert_matches(jax.jit(pallas), jax.jit(ref), q, k, v, w, 1e-4)  # f32 sums over 4K keys
 
 
 def test_masked_softmax_row_with_no_visible_key_is_zero():

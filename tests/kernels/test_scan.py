@@ -1,4 +1,9 @@
-"""The linear recurrence: Pallas kernel (interpret mode) and associative scan against lax.scan."""
+"""The linear recurrence: Pallas kernel and associative scan against lax.scan.
+
+The ``gpu``-marked tests run the kernel compiled on a GPU and interpreted on CPU (CI): ``INTERPRET`` is
+the platform default of :func:`gemma_kernels._platform.resolve_interpret`. The ``long`` case runs on a
+device only.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +11,11 @@ import numpy as np
 import pytest
 
 import gemma_kernels
+from gemma_kernels._platform import resolve_interpret
 from gemma_kernels.blocks import ScanBlocks
 from gemma_kernels.scan.pallas import linear_scan_pallas
+
+INTERPRET = resolve_interpret(None)  # True exactly on CPU
 
 
 def rel_err(a, b):
@@ -45,9 +53,10 @@ def check(fn, t, r, use_h0, dtype=jnp.float32, tol=1e-5, seed=0):
 
 
 def pallas(**kw):
-    return lambda a, x, h0: linear_scan_pallas(a, x, h0, interpret=True, **kw)
+    return lambda a, x, h0: linear_scan_pallas(a, x, h0, interpret=INTERPRET, **kw)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("use_h0", [False, True])
 @pytest.mark.parametrize("t, r, blocks", [
     (37, 45, ScanBlocks(block_t=8, block_r=16)),  # neither time nor width a block multiple
@@ -58,14 +67,16 @@ def test_pallas_scan_matches_reference(t, r, blocks, use_h0):
     check(pallas(blocks=blocks), t, r, use_h0)
 
 
+@pytest.mark.gpu
 def test_pallas_scan_bf16():
     check(pallas(), 40, 24, use_h0=True, dtype=jnp.bfloat16, tol=2e-2, seed=1)
 
 
+@pytest.mark.gpu
 def test_pallas_scan_through_public_entry_point_and_vmap():
     a, x, h0, _, _ = inputs(30, 20)
     a, x, h0 = (jnp.stack([z, z[::-1] * 0.9]) for z in (a, x, h0))
-    scan = jax.vmap(lambda a, x, h0: gemma_kernels.linear_scan(a, x, h0, impl="pallas", interpret=True))
+    scan = jax.vmap(lambda a, x, h0: gemma_kernels.linear_scan(a, x, h0, impl="pallas", interpret=None))
     y, h = scan(a, x, h0)
     y_ref, h_ref = jax.vmap(gemma_kernels.linear_scan_reference)(a, x, h0)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(h, h_ref) < 1e-5
@@ -76,14 +87,26 @@ def test_pallas_scan_through_public_entry_point_and_vmap():
         assert rel_err(got, want) < 1e-5
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("use_h0", [False, True])
 def test_assoc_scan_matches_reference(use_h0):
     check(lambda a, x, h0: gemma_kernels.linear_scan(a, x, h0, impl="assoc"), 21, 5, use_h0)
 
 
+@pytest.mark.gpu
 def test_padded_steps_leave_state_unchanged():
     """h_last after t steps is h_t even though the kernel walks a padded time axis."""
     a, x, h0, _, _ = inputs(9, 4)
-    _, h = linear_scan_pallas(a, x, h0, interpret=True, blocks=ScanBlocks(block_t=8, block_r=8))
-    _, h8 = linear_scan_pallas(a[:8], x[:8], h0, interpret=True, blocks=ScanBlocks(block_t=8, block_r=8))
+    _, h = linear_scan_pallas(a, x, h0, interpret=INTERPRET, blocks=ScanBlocks(block_t=8, block_r=8))
+    _, h8 = linear_scan_pallas(a[:8], x[:8], h0, interpret=INTERPRET,
+                              blocks=ScanBlocks(block_t=8, block_r=8))
     np.testing.assert_allclose(h, a[8] * h8 + x[8], rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() == "cpu", reason="long case: compiled kernel only")
+def test_long_sequence_matches_reference():
+    """The device's own tiles (``ScanBlocks.for_backend``) over 512 time blocks and several channel
+    blocks, values and gradients (the reverse-time kernel)."""
+    check(jax.jit(lambda a, x, h0: linear_scan_pallas(a, x, h0, interpret=INTERPRET)), 8192, 384,
+          use_h0=True, tol=1e-4, seed=2)
