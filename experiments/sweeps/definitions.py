@@ -60,7 +60,7 @@ def base(scale: str) -> RunConfig:
 
 # The main job (`make run`: the tradeoff sweep at default scale, three seeds per point, under half an
 # hour on a 2-core CPU with the install) trains the recall sweep's 8-layer, d = 64 trunk on the corpus,
-# so both of its panels show one shape: 2.1M tokens per run (f32: faster than bf16 at this width on the
+# so both of its panels show one shape: 328K tokens per run (f32: faster than bf16 at this width on the
 # 2-core host, 8.9K against 7.5K tokens/s). The other default sweeps keep the d = 128 base.
 MAIN_JOB = RunConfig(
     preset="small_gemma3", vocab_size=8192, steps=160, batch=8, seq_len=256, warmup=16, lr=3e-3,
