@@ -3,7 +3,8 @@
 | sweep | mirrors |
 |---|---|
 | distill | Gemma 2 Table 7: student perplexity vs student size, next-token training vs distillation (full, |
-|         | sampled-256 as in Gemma 3, top-256) from one teacher, all students on the same tokens |
+|         | sampled-256 as in Gemma 3, top-256) from one teacher, all students on the same tokens; and the |
+|         | small student's next-token vs full distillation over three training horizons |
 | teacher_size | Gemma 3 Figure 8: small vs large teacher, relative perplexity vs student training tokens |
 
 Each teacher is an ordinary Run listed before its students; a student's ``RunConfig.teacher`` is
@@ -15,7 +16,9 @@ Teachers are shared baselines: with ``--seeds N`` the students are replicated (t
 each replica distills from the same teacher, trained once.
 
 Scales. default (2-core CPU; the default 8192-piece tokenizer): students of 4 layers x 64 and 6 layers
-x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128 on four times the student tokens.
+x 96 on 96 steps x 2,048 tokens; teacher T of 8 layers x 128 on four times the student tokens. The
+horizon runs (the small student at 32 and 288 steps) are the same configs, so the same run hashes, as
+teacher_size's students from T and its next-token baseline: a results folder of one serves the other.
 teacher_size pits T against T_small, 2 layers x 64 on the same tokens (so that the two teachers'
 perplexities differ clearly, which the question needs), at student horizons of 32, 96 and 288 steps.
 quick (CI, notebooks): 1-2 layer models, a few steps, one student size and one horizon.
@@ -90,7 +93,13 @@ def distill_sweep(scale: str) -> list[Run]:
     for size in ("S", "M") if scale != "quick" else ("S",):  # quick: one size, to keep CI fast
         for method in METHODS:
             runs.append(run(scale, f"{size} {method}", student(scale, size, s["steps"], method, teacher),
-                            tags=(("role", "student"), ("size", size), ("method", method))))
+                            tags=(("role", "student"), ("size", size), ("method", method),
+                                  ("steps", s["steps"]))))
+    # does distillation's gain hold over training time? the small student at the other horizons
+    for steps in (h for h in HORIZONS[scale] if h != s["steps"]):
+        for method in ("next-token", "full distillation"):
+            runs.append(run(scale, f"S {method}, {steps} steps", student(scale, "S", steps, method, teacher),
+                            tags=(("role", "student"), ("size", "S"), ("method", method), ("steps", steps))))
     return runs
 
 

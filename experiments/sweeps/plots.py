@@ -259,14 +259,24 @@ def plot_long_context(df: pd.DataFrame, figures: Path, name: str = "long_context
 
 
 def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list[Path]:
-    """Gemma 2 Table 7 analogue: student validation perplexity vs student size (non-embedding
-    parameters), one line per training method, the teacher's perplexity as a dashed line."""
+    """Gemma 2 Table 7 analogue. Left: student validation perplexity vs student size (non-embedding
+    parameters) at the sweep's main horizon, one line per training method, the teacher's perplexity as
+    a dashed line. Right, when the table holds several horizons (``tag.steps``): each method's
+    perplexity against student training steps, so a gain that closes (or opens) with training shows."""
     df = done_runs(df, "plot_distill", ("tag.role", "tag.method"))
     metrics = ["evals.params_non_embedding", "evals.val_ppl"]
-    points = stats.summarize(df, metrics, by=("label", "tag.role", "tag.method"))
+    by = ("label", "tag.role", "tag.method", *(("tag.size", "tag.steps") if "tag.steps" in df else ()))
+    points = stats.summarize(df, metrics, by=by)
     students, teachers = points[points["tag.role"] == "student"], points[points["tag.role"] == "teacher"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, part in students.groupby("tag.method", sort=False):
+    horizons = students["tag.steps"].dropna().unique() if "tag.steps" in students else []
+    main = students
+    if len(horizons) > 1:  # the main horizon: the one every size was trained at
+        main_steps = students.groupby("tag.steps")["tag.size"].nunique().idxmax()
+        main = students[students["tag.steps"] == main_steps]
+    fig, axes = plt.subplots(1, 2 if len(horizons) > 1 else 1, figsize=(12 if len(horizons) > 1 else 7, 4.5),
+                             squeeze=False)
+    ax = axes[0, 0]
+    for method, part in main.groupby("tag.method", sort=False):
         part = part.sort_values("evals.params_non_embedding")
         (line,) = ax.plot(part["evals.params_non_embedding"], part["evals.val_ppl"], marker="o", label=method)
         draw_interval(ax, part["evals.params_non_embedding"], part, "evals.val_ppl", color=line.get_color())
@@ -277,6 +287,19 @@ def plot_distill(df: pd.DataFrame, figures: Path, name: str = "distill") -> list
             ax.axhspan(row["evals.val_ppl.lo"], row["evals.val_ppl.hi"], color="grey", alpha=0.15, lw=0)
     label_axes(ax, "student non-embedding parameters (log scale)", "validation perplexity",
                "Next-token training vs distillation at equal student tokens", xscale="log")
+    if len(horizons) > 1:
+        over = axes[0, 1]
+        sizes = students.groupby("tag.size")["tag.steps"].nunique()
+        curves = students[students["tag.size"] == sizes.idxmax()]
+        for method, part in curves.groupby("tag.method", sort=False):
+            if part["tag.steps"].nunique() < 2:
+                continue
+            part = part.sort_values("tag.steps")
+            (line,) = over.plot(part["tag.steps"], part["evals.val_ppl"], marker="o", label=method)
+            draw_interval(over, part["tag.steps"], part, "evals.val_ppl", color=line.get_color())
+        label_axes(over, "student training steps (log scale)", "validation perplexity",
+                   f"student {sizes.idxmax()} over training horizons", xscale="log")
+        over.set_yscale("log")
     return [save_figure(fig, Path(figures) / f"{name}.png")]
 
 

@@ -622,6 +622,34 @@ def _intervals(axes) -> int:
                + sum("±" in t.get_text() for t in ax.texts) for ax in axes)
 
 
+def test_distill_figure_draws_the_horizons_of_the_small_student(drawn, tmp_path):
+    """The distill sweep's horizon runs: the left panel keeps the main horizon (every size), the right
+    panel one line per method over the small student's horizons, each with its seed interval."""
+    from experiments.distill.sweeps import METHODS
+    from experiments.sweeps import plots
+
+    runs = expand("distill", "default", seeds=3)
+    rng = np.random.default_rng(2)
+    rows = []
+    for i, r in enumerate(runs):
+        tags = dict(r.tags)
+        rows.append({"run": f"r{i}", "label": r.label, "status": "done", "run.seed": r.config.seed,
+                     **{f"tag.{k}": v for k, v in tags.items()},
+                     "evals.params_non_embedding": {"S": 1e5, "M": 3e5, "T": 2e6}[tags["size"]],
+                     "evals.val_ppl": 50 + 1000 / tags.get("steps", 400) + rng.normal()})
+    plots.plot_distill(pd.DataFrame(rows), tmp_path, "distill")
+    left, right = drawn["distill.png"]
+    named = [line for line in left.lines if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in named[:-1]] == list(METHODS)  # then the teacher's line
+    assert all(len(line.get_xdata()) == 2 for line in named[:-1])  # sizes S and M, one horizon
+    horizons = sorted({dict(r.tags)["steps"] for r in runs if dict(r.tags)["role"] == "student"})
+    assert len(horizons) >= 3
+    named = [line for line in right.lines if not line.get_label().startswith("_")]
+    assert sorted(line.get_label() for line in named) == ["full distillation", "next-token"]
+    assert all(list(line.get_xdata()) == horizons for line in named)
+    assert _intervals([right]) == 2
+
+
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_plots_draw_intervals_over_seeds_and_none_for_one_seed(drawn, tmp_path, seeds):
     from experiments.embed import plots as embed_plots
