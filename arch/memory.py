@@ -9,10 +9,13 @@ Conventions:
 - 1 GB = 1e9 bytes.
 - Parameters: the text decoder from the module tree, the tied embedding counted once (as Gemma 3
   Table 1 and Gemma 2 Table 2 count it); ``vision_params`` adds the 417M SigLIP encoder of 4B+.
-- Formats: ``float32`` 4 bytes, ``bfloat16`` 2; ``int8`` and ``int4`` are per output channel
-  (1 or 0.5 byte per weight + one bf16 scale per output channel); ``int4_block32`` is 0.5 byte per
-  weight + one bf16 scale per 32 weights; ``sfp8`` (switched fp8) is 1 byte per weight. In the
-  quantised formats vectors (norm scales, biases, RG-LRU Lambda; < 0.1% of the weights) stay bf16.
+- Formats: ``float32`` 4 bytes, ``bfloat16`` 2, and the quantised ``arch.quant.FORMATS``, whose byte
+  rule is :func:`arch.quant.stored_bytes` (exactly what :func:`arch.quant.pack_model` stores): ``int8``
+  and ``int4`` are per output channel (1 or 0.5 byte per weight + one bf16 scale per output channel);
+  ``int4_block32`` is 0.5 byte per weight + one bf16 scale per 32 weights; ``sfp8`` (switched fp8) is
+  1 byte per weight (its per-tensor scale sits in the tensor's header, like its shape, and is not
+  counted). In the quantised formats vectors (norm scales, biases, including the RG-LRU's ``[n, b]``
+  gate biases, and RG-LRU Lambda; < 0.1% of the weights) stay bf16 (:func:`arch.quant.is_matrix`).
 
 Caches hold K and V (and, for recurrent layers, the Conv1D tail in the cache dtype plus the float32
 RG-LRU state, as :func:`arch.init_cache` builds them). The int32 slot positions the implementation
@@ -25,6 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from arch import quant
 from arch.attention import KVCache
 from arch.cache import init_cache
 from arch.config import ModelConfig
@@ -32,27 +36,17 @@ from arch.params import abstract_model
 from arch.rglru import ConvState
 
 GB = 1e9
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4", "int4_block32", "sfp8")
+WEIGHT_FORMATS = ("float32", "bfloat16", *quant.FORMATS)
 CACHE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "int8": jnp.int8,
                 "float8": jnp.float8_e4m3fn}
 GEMMA3_VISION_PARAMS = 417_000_000  # SigLIP encoder shared by Gemma 3 4B/12B/27B (Table 1, rounded)
-BITS = {"float32": 32, "bfloat16": 16, "int8": 8, "int4": 4, "int4_block32": 4, "sfp8": 8}
-SCALE_BYTES = 2  # bf16 scales
+BITS = {"float32": 32, "bfloat16": 16} | {f: quant.parse_format(f).bits for f in quant.FORMATS}
+SCALE_BYTES = jnp.dtype(quant.SCALE_DTYPE).itemsize  # bf16 scales
 
 
 def _check_format(dtype: str) -> None:
     if dtype not in WEIGHT_FORMATS:
         raise ValueError(f"weight dtype {dtype!r} is not one of {WEIGHT_FORMATS}")
-
-
-def _output_channels(name: str, shape: tuple[int, ...]) -> int:
-    """Scales of a per-channel format: one per output channel of the matrix as the model uses it."""
-    size = math.prod(shape)
-    if name == "conv_weight":  # [w, r] depthwise: one channel per r
-        return shape[-1]
-    if name.endswith("gate_weight"):  # [n, b_in, b_out] block-diagonal: n * b_out outputs
-        return size // shape[-2]
-    return size // shape[-1]  # Linear [out, in] and the embedding [v, d] (tied output head: v rows)
 
 
 def tensor_bytes(name: str, shape: tuple[int, ...], dtype: str, *, scale_bytes: int = SCALE_BYTES
@@ -63,14 +57,9 @@ def tensor_bytes(name: str, shape: tuple[int, ...], dtype: str, *, scale_bytes: 
     size = math.prod(shape)
     if dtype in ("float32", "bfloat16"):
         return size * BITS[dtype] / 8
-    if len(shape) < 2:  # vectors stay bf16 in quantised checkpoints
+    if not quant.is_matrix(name, shape):  # vectors stay bf16 in quantised checkpoints
         return size * 2
-    data = math.ceil(size * BITS[dtype] / 8)
-    if dtype in ("int8", "int4"):
-        return data + scale_bytes * _output_channels(name, shape)
-    if dtype == "int4_block32":
-        return data + scale_bytes * math.ceil(size / 32)
-    return data  # sfp8
+    return quant.stored_bytes(shape, dtype, axis=quant.input_axis(name), scale_bytes=scale_bytes)
 
 
 def _leaves(cfg_or_model):
