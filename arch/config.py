@@ -11,12 +11,15 @@ Gemma 2 = ``"LG"``, Gemma 3 = ``"LLLLLG"``, RecurrentGemma = ``"RRL"``, Hawk = `
 import dataclasses
 from typing import Literal
 
+from arch.quant import FORMATS
+from arch.quant import TARGETS as QUANT_TARGETS
 from gemma_kernels import ATTENTION_IMPLS, SCAN_IMPLS
 
 BlockKind = Literal["G", "L", "R"]
 KINDS = ("G", "L", "R")
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu", "relu")
 DTYPES = ("float32", "bfloat16")
+WEIGHT_FORMATS = ("bfloat16", *FORMATS)  # what ModelConfig.weight_format may name
 DEFAULT_WINDOW = 4096  # Gemma 2's span, and transformers' default sliding_window
 
 
@@ -77,6 +80,11 @@ class ModelConfig:
     attn_impl: str = "auto"
     scan_impl: str = "auto"
     matmul_dtype: str = "float32"  # "bfloat16": bf16 matmul inputs, f32 accumulation and params
+    # the format the weights are served in (arch.quant.FORMATS, or "bfloat16"); None: as stored. The
+    # forward quantizes them with a straight-through gradient, so one config serves post-training
+    # quantization (arch.reconfigure of a trained model) and quantization-aware training alike
+    weight_format: str | None = None
+    quant_targets: tuple[str, ...] = QUANT_TARGETS  # the tensor groups weight_format applies to
 
     def __post_init__(self):
         def fail(field, allowed):
@@ -127,6 +135,12 @@ class ModelConfig:
             fail("scan_impl", f"must be one of {SCAN_IMPLS}")
         if self.matmul_dtype not in DTYPES:
             fail("matmul_dtype", f"must be one of {DTYPES}")
+        if self.weight_format is not None and self.weight_format not in WEIGHT_FORMATS:
+            fail("weight_format", f"must be None (as stored) or one of {WEIGHT_FORMATS}")
+        targets = tuple(self.quant_targets) if isinstance(self.quant_targets, list | tuple) else None
+        if not targets or any(t not in QUANT_TARGETS for t in targets) or len(set(targets)) < len(targets):
+            fail("quant_targets", f"must be a non-empty tuple of distinct names from {QUANT_TARGETS}")
+        object.__setattr__(self, "quant_targets", targets)  # a list from JSON stays hashable
         if not self.causal and "R" in self.pattern:
             fail("causal", "False (bidirectional) is only defined for attention layers, not R")
 
@@ -162,4 +176,6 @@ class ModelConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["quant_targets"] = list(self.quant_targets)  # as JSON gives it back: summaries re-read equal
+        return d

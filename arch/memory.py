@@ -28,7 +28,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from arch import quant
+import arch.quant as quant
 from arch.attention import KVCache
 from arch.cache import init_cache
 from arch.config import ModelConfig

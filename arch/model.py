@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+import arch.quant as quant
 from arch.blocks import ResidualBlock
 from arch.config import ModelConfig
 from arch.linear import Linear, matmul
@@ -57,8 +58,23 @@ class LM(eqx.Module):
         cap = self.cfg.logit_softcap
         return out if cap is None else cap * jnp.tanh(out / cap)
 
+    def served(self) -> "LM":
+        """The model as ``cfg.weight_format`` serves it: its matrices (of ``cfg.quant_targets``)
+        quantized and dequantized with a straight-through gradient (:func:`arch.quant.quantize_model`),
+        or itself when the format is None. Every forward goes through it, so post-training quantization
+        and quantization-aware training (Gemma 3 section 2.3) run the same arithmetic."""
+        fmt = self.cfg.weight_format
+        if fmt is None:
+            return self
+        if fmt == "bfloat16":
+            return quant.cast(self, jnp.bfloat16)
+        return quant.quantize_model(self, fmt, self.cfg.quant_targets, fake=True)
+
     def hidden(self, tokens: Tokens, *, segment_ids: Int[Array, " t"] | None = None) -> Hidden:
         """The residual stream after the last block (before the final norm)."""
+        return self.served()._hidden(tokens, segment_ids)
+
+    def _hidden(self, tokens: Tokens, segment_ids) -> Hidden:
         positions = jnp.arange(tokens.shape[-1])
         x = self.embed_tokens(tokens)
         for block in self.blocks:
@@ -70,7 +86,8 @@ class LM(eqx.Module):
 
         A batch runs every projection as one ``[b * t, d]`` matmul (what training wants); attention and
         the recurrence see one sequence at a time. ``jax.vmap`` over single sequences is equivalent."""
-        return self.logits(self.hidden(tokens, segment_ids=segment_ids))
+        model = self.served()
+        return model.logits(model._hidden(tokens, segment_ids))
 
     def init_cache(self, max_len: int, *, dtype=jnp.float32) -> Cache:
         if not self.cfg.causal:
@@ -82,10 +99,11 @@ class LM(eqx.Module):
         """Prefill a chunk (any length) or decode one token: logits for the chunk and the new cache."""
         if not self.cfg.causal:
             raise ValueError("ModelConfig.causal=False: a bidirectional encoder cannot be decoded")
+        model = self.served()
         positions = cache.pos + jnp.arange(tokens.shape[0], dtype=jnp.int32)
-        x = self.embed_tokens(tokens)
+        x = model.embed_tokens(tokens)
         new_layers = []
-        for block, layer_cache in zip(self.blocks, cache.layers):
+        for block, layer_cache in zip(model.blocks, cache.layers):
             x, layer_cache = block.step(x, positions, layer_cache)
             new_layers.append(layer_cache)
-        return self.logits(x), Cache(layers=tuple(new_layers), pos=cache.pos + tokens.shape[0])
+        return model.logits(x), Cache(layers=tuple(new_layers), pos=cache.pos + tokens.shape[0])

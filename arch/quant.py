@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int8, UInt8
 
-from arch import sfp8
+import arch.sfp8 as sfp8
 
 FORMATS = ("int8", "int4", "int4_block32", "sfp8")
 TARGETS = ("embedding", "attention", "mlp", "recurrence")

@@ -65,6 +65,10 @@ class RunConfig(TrainSettings):
     task: str | None = None
     task_kwargs: tuple[tuple[str, Any], ...] = ()
     task_fraction: float = 1.0
+    # start from a trained run's weights (a run directory or "@<short hash>" of a sibling run) instead
+    # of a fresh initialisation, with a fresh optimizer: quantization-aware training (Gemma 3 section
+    # 2.3) fine-tunes a trained checkpoint. The model shapes and the tokenizer must match.
+    init: str | None = None
     # bookkeeping (does not change the trained weights, but is part of the hash for simplicity)
     eval_every: int = 100
     eval_batches: int = 4
@@ -94,6 +98,9 @@ class RunConfig(TrainSettings):
         self.base_model_config()  # fail now, naming the field, rather than at the first step
         get_loss(self.loss)  # an unknown loss fails here, listing the known ones
         check_loss_and_teacher(self.loss, self.teacher)
+        if self.init is not None and (not isinstance(self.init, str) or not self.init.strip("@")):
+            raise ValueError(f"RunConfig.init={self.init!r}: must be None, a run directory or "
+                             f"'@<short hash>'")
 
     def base_model_config(self) -> ModelConfig:
         """The preset with the overrides and matmul dtype, vocab size as the preset has it."""
@@ -160,5 +167,5 @@ class RunConfig(TrainSettings):
         return self.batch * self.seq_len
 
 
-_LATER_FIELDS = ("task", "task_kwargs", "task_fraction")
+_LATER_FIELDS = ("task", "task_kwargs", "task_fraction", "init")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in _LATER_FIELDS}

@@ -40,7 +40,7 @@ from experiments.flops import flops_per_token, measure_matmul_peak, mfu
 from experiments.loop import NonFiniteLossError, call_length, fit, open_run  # noqa: F401  (re-exported)
 from experiments.runconfig import RunConfig
 from experiments.step import batch_arrays, init_params, make_eval_step, make_train_step, stack_steps
-from experiments.trained import load_trained  # noqa: F401  (re-exported: evals and notebooks use it)
+from experiments.trained import initial_params, load_trained  # noqa: F401  (load_trained: re-exported)
 
 STEPS_PER_CALL = 10  # train steps per jitted call, at most (see train())
 
@@ -105,6 +105,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     cfg = run.model_config(data.tokenizer.vocab_size)
     optimizer = run.optimizer()
     params, static = init_params(cfg, run.seed)
+    params = initial_params(run, run_dir, params, data.tokenizer)  # RunConfig.init: a trained start
     opt_state = optimizer.init(params)
     k = call_length(steps_per_call, run.log_every, run.eval_every, run.ckpt_every)
     put = jax.device_put if mesh is None else (lambda b: shd.shard_batch(b, shd.batch_sharding(mesh)))

@@ -1,7 +1,8 @@
 """``load_trained(run_dir)``: a finished (or checkpointed) training run read back as a model.
 
-Used by evaluations, sweeps, sampling, teachers and notebooks; the params are the leading part of the
-``(params, opt_state)`` checkpoint the training loop writes.
+Used by evaluations, sweeps, sampling, teachers, runs that start from another's weights
+(``RunConfig.init``) and notebooks; the params are the leading part of the ``(params, opt_state)``
+checkpoint the training loop writes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,37 @@ from experiments.data.corpus import load_corpus
 from experiments.data.tasks import TaskVocab
 from experiments.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 from experiments.runconfig import RunConfig
+
+
+def resolve_run(spec: str, run_dir: str | Path | None = None) -> Path:
+    """``"@<hash>"`` -> the sibling run directory of ``run_dir``; anything else is a path."""
+    if spec.startswith("@"):
+        if run_dir is None:
+            raise ValueError(f"{spec!r} names a sibling run; it needs the run directory it is a sibling of")
+        return Path(run_dir).parent / spec[1:]
+    return Path(spec)
+
+
+def initial_params(run: RunConfig, run_dir: str | Path, params, tokenizer):
+    """The weights ``run`` starts from: ``params`` (a fresh initialisation), or with ``run.init`` the
+    trained weights of that run, after checking they fit (same parameter shapes, same tokenizer)."""
+    if run.init is None:
+        return params
+    path = resolve_run(run.init, run_dir)
+    if not (path / "summary.json").exists():
+        raise ValueError(f"RunConfig.init={run.init!r}: {str(path)!r} is not a finished run (no "
+                         f"summary.json); train it first (a sweep lists it before the runs starting from it)")
+    model, tok, _ = load_trained(path)
+    if tok.fingerprint != tokenizer.fingerprint:
+        raise ValueError(f"RunConfig.init={run.init!r}: its tokenizer {tok.fingerprint} is not this run's "
+                         f"{tokenizer.fingerprint}")
+    # leaves, not tree structures: the module tree's static config differs (e.g. a QAT run's format)
+    loaded = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    own, treedef = jax.tree_util.tree_flatten(params)
+    if [(x.shape, x.dtype) for x in loaded] != [(x.shape, x.dtype) for x in own]:
+        raise ValueError(f"RunConfig.init={run.init!r}: the trained model's parameters do not have this "
+                         f"run's shapes (its config: {model.cfg}); init needs the same architecture")
+    return jax.tree_util.tree_unflatten(treedef, loaded)
 
 
 def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]:

@@ -26,7 +26,7 @@ import equinox as eqx
 import arch
 from experiments import checkpoint
 from experiments.data.tokenizer import load_tokenizer
-from experiments.trained import load_trained
+from experiments.trained import load_trained, resolve_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +37,6 @@ class Teacher:
     params: Any
     static: Any
     info: dict
-
-def resolve(spec: str, run_dir: str | Path | None = None) -> Path:
-    """``"@<hash>"`` -> the sibling run directory of ``run_dir``; anything else is a path."""
-    if spec.startswith("@"):
-        if run_dir is None:
-            raise ValueError(f"teacher {spec!r} names a sibling run; it needs the student's run directory")
-        return Path(run_dir).parent / spec[1:]
-    return Path(spec)
-
 
 def _kind(path: Path) -> str:
     if (path / "config.json").exists() and (path / checkpoint.CKPT_NAME).exists():
@@ -98,7 +89,7 @@ def load_teacher(run, data, run_dir: str | Path | None = None) -> Teacher | None
     """The frozen teacher of ``run`` (None when it has none), checked against ``data.tokenizer``."""
     if run.teacher is None:
         return None
-    path = resolve(run.teacher, run_dir)
+    path = resolve_run(run.teacher, run_dir)
     model, info = load_teacher_model(path, data.tokenizer)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     return Teacher(params, static, info)

@@ -57,9 +57,11 @@ def evaluate_run(run_dir: str | Path, *, overrides: dict[str, Any] | None = None
 
 
 def memory_figures(cfg: arch.ModelConfig) -> dict[str, Any]:
-    """Decode-cache bytes at 32K (bf16), weight bytes, parameters, and the pattern and window."""
+    """Decode-cache bytes at 32K (bf16), weight bytes (in bf16, and in the format the model serves its
+    weights in: ``cfg.weight_format``, float32 when unset), parameters, and the pattern and window."""
     return {"cache_bytes_32k": int(arch.memory.cache_bytes(cfg, CONTEXT_FOR_MEMORY, dtype="bfloat16")),
             "weights_bytes_bf16": int(arch.memory.weights_bytes(cfg, "bfloat16")),
+            "weights_bytes": int(arch.memory.weights_bytes(cfg, cfg.weight_format or "float32")),
             "params_non_embedding": arch.count_params(cfg)["non_embedding"], "pattern": cfg.pattern,
             "window": cfg.window if "L" in cfg.layer_kinds else None}
 

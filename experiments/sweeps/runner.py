@@ -157,7 +157,7 @@ def register(name: str, mirrors: str, plot: Plot | None = None, prepare: Prepare
 
 
 SWEEP_MODULES = ("experiments.sweeps.definitions", "experiments.sweeps.recall", "experiments.distill.sweeps",
-                 "experiments.embed.sweep")
+                 "experiments.sweeps.qat", "experiments.embed.sweep")
 
 
 def load_sweeps() -> dict[str, Sweep]:
@@ -200,13 +200,14 @@ def expand(name: str, scale: str, seeds: int = 1) -> list[Run]:
 def group_of(run: Run) -> str:
     """Runs that must go to one shard share a group: a trained model with its evaluation variants,
     a student with the teacher it names as ``@<hash>`` in the same sweep (every seed replica of the
-    student: they keep the teacher), and runs that name a ``group`` of their own (e.g. a model soup
-    with its ingredients; a soup's seed replica with its ingredients' replicas)."""
+    student: they keep the teacher), a run with the run it starts from (``RunConfig.init``), and runs
+    that name a ``group`` of their own (e.g. a model soup with its ingredients; a soup's seed replica
+    with its ingredients' replicas)."""
     if getattr(run, "group", None):
         return run.group
-    teacher = getattr(run.config, "teacher", None)
-    if isinstance(teacher, str) and teacher.startswith("@"):
-        return teacher[1:]
+    for ref in (getattr(run.config, "teacher", None), getattr(run.config, "init", None)):
+        if isinstance(ref, str) and ref.startswith("@"):
+            return ref[1:]
     return run.config.short_hash()
 
 

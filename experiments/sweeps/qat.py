@@ -1,0 +1,152 @@
+"""The ``qat`` sweep: what each of Gemma 3's weight formats costs after post-training quantization, and
+how much quantization-aware training buys back (Gemma 3 section 2.3 and Table 3).
+
+For each pattern (5:1, 1:1, Griffin ``RRL``) the tradeoff sweep's trained model (same config, so the
+same run hash: a results folder of one serves the other) is
+
+- evaluated as trained (float32) and served in each format (``ModelConfig.weight_format`` through
+  ``arch.reconfigure``: post-training quantization, no training), bfloat16 included;
+- fine-tuned in each quantized format (QAT): the report's recipe scaled down, a short run that starts
+  from the trained checkpoint (``RunConfig.init``) with the quantized forward and a straight-through
+  gradient, and takes as targets the probabilities of the frozen non-quantized model (``distill``
+  loss, ``RunConfig.teacher``): the report's "~5,000 steps" becomes :data:`QAT_STEPS`.
+
+Every point carries its weight bytes in its format (``evals.weights_bytes``, from ``arch.memory``). The
+figure draws perplexity against weight bytes per pattern; :func:`recovery` states, per pattern and
+format, the perplexity PTQ costs, what QAT leaves, and the fraction recovered, over paired seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from arch import quant
+from experiments.runconfig import RunConfig
+from experiments.sweeps import plots, stats
+from experiments.sweeps.definitions import MAIN_JOB, base, run, with_pattern
+from experiments.sweeps.runner import Run, register
+
+PATTERNS = [("5:1", "LLLLLG"), ("1:1", "LG"), ("Griffin RRL", "RRL")]
+SERVED = ("bfloat16", *quant.FORMATS)  # post-training: every format the trained model is served in
+# QAT fine-tuning steps per scale (the report: ~5,000 steps at Gemma 3's batch); the base's batch
+QAT_STEPS = {"quick": 4, "default": 48, "device": 200, "full": 5000}
+QAT_LR_FRACTION = 0.1  # of the base's peak learning rate: a fine-tune, not a second pre-training
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QATRun(Run):
+    """A QAT fine-tune of ``base``: its replica fine-tunes the base's replica of the same seed (a
+    plain student keeps one teacher for every seed; this one follows its base)."""
+
+    base: RunConfig
+
+    def replica(self, i: int) -> Run:
+        b = self.base.replace(seed=self.base.seed + i)
+        ref = "@" + b.short_hash()
+        return dataclasses.replace(self, base=b, config=self.config.replace(
+            seed=self.config.seed + i, init=ref, teacher=ref))
+
+
+def qat_config(trained: RunConfig, fmt: str, steps: int) -> RunConfig:
+    """``trained`` fine-tuned for ``steps`` steps with its weights served in ``fmt``: started from its
+    checkpoint, distilled from it (full distribution), the learning rate a tenth of its peak."""
+    ref = "@" + trained.short_hash()
+    every = max(steps // 2, 1)
+    return trained.with_model(weight_format=fmt).replace(
+        init=ref, teacher=ref, loss="distill", steps=steps, warmup=max(steps // 8, 1),
+        lr=trained.lr * QAT_LR_FRACTION, eval_every=every, ckpt_every=every,
+        log_every=max(min(10, steps // 4), 1))
+
+
+@register("qat", "Gemma 3 section 2.3 / Table 3 (PTQ vs QAT per weight format)",
+          plot=lambda df, figures, name="qat": plot_qat(df, figures, name),
+          report=lambda df: recovery(df).to_string(index=False))
+def qat_sweep(scale: str) -> list[Run]:
+    b = MAIN_JOB if scale == "default" else base(scale)
+    patterns = PATTERNS if scale != "quick" else PATTERNS[:1]
+    formats = quant.FORMATS if scale != "quick" else ("int4",)
+    runs = []
+    for label, pattern in patterns:
+        trained = with_pattern(b, pattern)
+        tags = (("pattern", pattern), ("model", label))
+        runs.append(run(scale, f"{label} float32", trained, tags=(*tags, ("method", "float"),
+                                                                   ("format", "float32"))))
+        for fmt in SERVED if scale != "quick" else ("int4",):
+            runs.append(run(scale, f"{label} PTQ {fmt}", trained, eval_overrides=(("weight_format", fmt),),
+                            tags=(*tags, ("method", "PTQ"), ("format", fmt))))
+        for fmt in formats:
+            runs.append(QATRun(label=f"{label} QAT {fmt}", config=qat_config(trained, fmt, QAT_STEPS[scale]),
+                               base=trained, quick=scale == "quick",
+                               tags=(("scale", scale), *tags, ("method", "QAT"), ("format", fmt))))
+    return runs
+
+
+def recovery(df: pd.DataFrame) -> pd.DataFrame:
+    """Per pattern and quantized format: the perplexity PTQ adds to the float32 model, what the QAT
+    model still adds, and the fraction QAT recovers, ``1 - qat cost / ptq cost``; each a mean and 95%
+    interval over seeds, the three models of a seed paired (``run.seed``)."""
+    df = plots.done_runs(df, "qat recovery", ("tag.model", "tag.method", "tag.format", "evals.val_ppl"))
+    seed = "run.seed" if "run.seed" in df else None
+    key = ["tag.model", *([seed] if seed else [])]
+    floats = df[df["tag.method"] == "float"][[*key, "evals.val_ppl"]]
+    floats = floats.rename(columns={"evals.val_ppl": "float"})
+    rows = []
+    for method in ("PTQ", "QAT"):
+        part = df[df["tag.method"] == method][[*key, "tag.format", "evals.val_ppl"]]
+        rows.append(part.rename(columns={"evals.val_ppl": method}))
+    both = rows[0].merge(rows[1], on=[*key, "tag.format"]).merge(floats, on=key)
+    both["ptq_cost"] = both["PTQ"] - both["float"]
+    both["qat_cost"] = both["QAT"] - both["float"]
+    both["recovered"] = 1.0 - both["qat_cost"] / both["ptq_cost"]
+    out = stats.summarize(both, ["float", "PTQ", "QAT", "ptq_cost", "qat_cost", "recovered"],
+                          by=("tag.model", "tag.format"))
+    return out.rename(columns={"tag.model": "model", "tag.format": "format"})
+
+
+def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
+    """Left: validation perplexity against weight bytes, per pattern, PTQ and QAT points per format
+    (the float32 model as a star). Right: the fraction of the PTQ perplexity cost QAT recovers, per
+    format and pattern, with its interval over seeds."""
+    df = plots.done_runs(df, "plot_qat", ("tag.model", "tag.method", "tag.format", "evals.weights_bytes"))
+    points = stats.summarize(df, ["evals.val_ppl", "evals.weights_bytes"],
+                             by=("label", "tag.model", "tag.method", "tag.format"))
+    fig, (ax, rec) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {}
+    for model, part in points.groupby("tag.model", sort=False):
+        for method, marker, ls in (("PTQ", "o", "--"), ("QAT", "s", "-")):
+            sub = part[part["tag.method"] == method].sort_values("evals.weights_bytes")
+            if sub.empty:
+                continue
+            kw = {"color": colors[model]} if model in colors else {}
+            (line,) = ax.plot(sub["evals.weights_bytes"], sub["evals.val_ppl"], marker=marker, ls=ls,
+                              label=f"{model} {method}", **kw)
+            colors[model] = line.get_color()
+            plots.draw_interval(ax, sub["evals.weights_bytes"], sub, "evals.val_ppl", color=line.get_color())
+            for _, row in sub.iterrows():
+                ax.annotate(row["tag.format"], (row["evals.weights_bytes"], row["evals.val_ppl"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ref = part[part["tag.method"] == "float"]
+        ax.plot(ref["evals.weights_bytes"], ref["evals.val_ppl"], marker="*", ms=12, ls="none",
+                color=colors.get(model), label=f"{model} float32")
+        plots.draw_interval(ax, ref["evals.weights_bytes"], ref, "evals.val_ppl", color=colors.get(model))
+    plots.label_axes(ax, "weight bytes (log scale)", "validation perplexity",
+                     "post-training quantization (dashed) vs QAT (solid)", xscale="log", legend=7)
+    table = recovery(df)
+    formats = list(dict.fromkeys(table["format"]))
+    models = list(dict.fromkeys(table["model"]))
+    width = 0.8 / max(len(models), 1)
+    for j, model in enumerate(models):
+        part = table[table["model"] == model].set_index("format").reindex(formats)
+        x = [i + (j - (len(models) - 1) / 2) * width for i in range(len(formats))]
+        rec.bar(x, part["recovered"], width, label=model, color=colors.get(model))
+        plots.draw_interval(rec, pd.Series(x), part.reset_index(), "recovered", color="black")
+    rec.set_xticks(range(len(formats)), formats)
+    rec.axhline(0.5, color="grey", ls=":", lw=1)
+    rec.axhline(1.0, color="grey", lw=1)
+    plots.label_axes(rec, "weight format", "fraction of the PTQ cost recovered by QAT",
+                     "1 - (QAT - float) / (PTQ - float)")
+    return [plots.save_figure(fig, Path(figures) / f"{name}.png")]
