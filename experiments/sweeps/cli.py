@@ -34,12 +34,20 @@ def write_summary(name: str, scale: str, out: Path, folder: Path, seeds: int = 1
     ``.lo`` and ``.hi`` (:func:`experiments.sweeps.collect.per_label`), then the columns the sweep's
     ``extend`` takes from other summaries in ``folder``. None, and nothing written, when the runs have
     none of those figures (the embedding sweep: its tables are its report)."""
-    order = {r.key: i for i, r in enumerate(expand(name, scale, seeds))}
+    runs = expand(name, scale, seeds)
+    # by label (an evaluation variant's summary names its trained run, not its own key), then seed 0
+    # first: per_label keeps the first row's run directory
+    order = {}
+    for i, r in enumerate(runs):
+        order.setdefault(r.label, i)
+    seed_order = {r.key: i for i, r in enumerate(runs)}
     df = results(name, scale, out, seeds)
     metrics = [c for c in COLUMNS[2:] if c in df]
     if not metrics:
         return None
-    df = df[df["status"] == "done"].assign(order=lambda d: d["run"].map(order)).sort_values("order")
+    df = df[df["status"] == "done"].assign(order=lambda d: d["label"].map(order),
+                                           within=lambda d: d["run"].map(seed_order))
+    df = df.sort_values(["order", "within"], kind="stable")
     cols = [c for c in ("run", "label", "tag.pattern", "tag.base", *metrics) if c in df]
     rows = per_label(df[cols], metrics)
     if (extend := get_sweep(name).extend) is not None:

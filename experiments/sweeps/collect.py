@@ -74,7 +74,7 @@ def collect(sweep: str, *, out: str | Path = DEFAULT_OUT, scale: str | None = No
 
 COLUMNS = ["label", "status", "evals.val_ppl", "evals.passkey_mean", "evals.mqar_mean",
            "evals.task_acc_window", "evals.task_acc_field", "evals.task_acc_beyond",
-           "evals.cache_bytes_32k", "evals.params_non_embedding", "tokens_per_s"]
+           "evals.cache_bytes_32k", "evals.weights_bytes", "evals.params_non_embedding", "tokens_per_s"]
 
 
 def per_label(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -123,7 +123,13 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "evals.task_acc_field": ("recall in local reach", "{:.2f}".format, "{:.2f}".format),
             "evals.task_acc_beyond": ("recall beyond", "{:.2f}".format, "{:.2f}".format),
             "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib, _mib),
-            "tokens_per_s": ("train tokens/s", "{:,.0f}".format, "{:,.0f}".format)}
+            "evals.weights_bytes": ("weights as served", _mib, _mib),
+            "tokens_per_s": ("train tokens/s", "{:,.0f}".format, "{:,.0f}".format),
+            # the qat sweep's recovery table (experiments.sweeps.qat.recovery)
+            "float": ("float32 perplexity", "{:.2f}".format, "{:.1f}".format),
+            "ptq_cost": ("PTQ cost (perplexity)", "{:.2f}".format, "{:.2f}".format),
+            "qat_cost": ("QAT cost (perplexity)", "{:.2f}".format, "{:.2f}".format),
+            "recovered": ("recovered by QAT", "{:.2f}".format, "{:.2f}".format)}
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -34,6 +34,7 @@ PATTERNS = [("5:1", "LLLLLG"), ("1:1", "LG"), ("Griffin RRL", "RRL")]
 SERVED = ("bfloat16", *quant.FORMATS)  # post-training: every format the trained model is served in
 # QAT fine-tuning steps per scale (the report: ~5,000 steps at Gemma 3's batch); the base's batch
 QAT_STEPS = {"quick": 4, "default": 48, "device": 200, "full": 5000}
+MEASURABLE = 0.001  # a PTQ cost under 0.1% of the perplexity: too small for a recovered fraction
 QAT_LR_FRACTION = 0.1  # of the base's peak learning rate: a fine-tune, not a second pre-training
 
 
@@ -64,7 +65,7 @@ def qat_config(trained: RunConfig, fmt: str, steps: int) -> RunConfig:
 
 @register("qat", "Gemma 3 section 2.3 / Table 3 (PTQ vs QAT per weight format)",
           plot=lambda df, figures, name="qat": plot_qat(df, figures, name),
-          report=lambda df: recovery(df).to_string(index=False))
+          report=lambda df: report(df))
 def qat_sweep(scale: str) -> list[Run]:
     b = MAIN_JOB if scale == "default" else base(scale)
     patterns = PATTERNS if scale != "quick" else PATTERNS[:1]
@@ -85,20 +86,33 @@ def qat_sweep(scale: str) -> list[Run]:
     return runs
 
 
+def _paired(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The quantized rows of ``df`` with the float32 perplexity of their own model and seed beside
+    them (column ``float``), and the columns a seed's rows share."""
+    df = plots.done_runs(df, "qat", ("tag.model", "tag.method", "tag.format", "evals.val_ppl"))
+    key = ["tag.model", *(["run.seed"] if "run.seed" in df else [])]
+    floats = df[df["tag.method"] == "float"][[*key, "evals.val_ppl"]]
+    quantized = df[df["tag.method"] != "float"]
+    return quantized.merge(floats.rename(columns={"evals.val_ppl": "float"}), on=key), key
+
+
+def costs(df: pd.DataFrame) -> pd.DataFrame:
+    """Per pattern, method (PTQ, QAT) and format: the perplexity above the float32 model of the same
+    seed (``cost``, mean and 95% interval over seeds) and the weight bytes of the format."""
+    both, _ = _paired(df)
+    both = both.assign(cost=both["evals.val_ppl"] - both["float"])
+    by = ("tag.model", "tag.method", "tag.format")
+    return stats.summarize(both, ["cost", "evals.weights_bytes"], by=by)
+
+
 def recovery(df: pd.DataFrame) -> pd.DataFrame:
     """Per pattern and quantized format: the perplexity PTQ adds to the float32 model, what the QAT
     model still adds, and the fraction QAT recovers, ``1 - qat cost / ptq cost``; each a mean and 95%
     interval over seeds, the three models of a seed paired (``run.seed``)."""
-    df = plots.done_runs(df, "qat recovery", ("tag.model", "tag.method", "tag.format", "evals.val_ppl"))
-    seed = "run.seed" if "run.seed" in df else None
-    key = ["tag.model", *([seed] if seed else [])]
-    floats = df[df["tag.method"] == "float"][[*key, "evals.val_ppl"]]
-    floats = floats.rename(columns={"evals.val_ppl": "float"})
-    rows = []
-    for method in ("PTQ", "QAT"):
-        part = df[df["tag.method"] == method][[*key, "tag.format", "evals.val_ppl"]]
-        rows.append(part.rename(columns={"evals.val_ppl": method}))
-    both = rows[0].merge(rows[1], on=[*key, "tag.format"]).merge(floats, on=key)
+    both, key = _paired(df)
+    part = {m: both[both["tag.method"] == m][[*key, "tag.format", "float", "evals.val_ppl"]]
+            .rename(columns={"evals.val_ppl": m}) for m in ("PTQ", "QAT")}
+    both = part["PTQ"].merge(part["QAT"].drop(columns="float"), on=[*key, "tag.format"])
     both["ptq_cost"] = both["PTQ"] - both["float"]
     both["qat_cost"] = both["QAT"] - both["float"]
     both["recovered"] = 1.0 - both["qat_cost"] / both["ptq_cost"]
@@ -107,13 +121,21 @@ def recovery(df: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"tag.model": "model", "tag.format": "format"})
 
 
+def report(df: pd.DataFrame) -> str:
+    """The recovery table as text: each quantity as ``mean [lo, hi]``."""
+    table = stats.fold(recovery(df), "{:.2f}".format)
+    columns = ["model", "format", "n", "float", "ptq_cost", "qat_cost", "recovered"]
+    return table[columns].to_string(index=False)
+
+
 def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
-    """Left: validation perplexity against weight bytes, per pattern, PTQ and QAT points per format
-    (the float32 model as a star). Right: the fraction of the PTQ perplexity cost QAT recovers, per
-    format and pattern, with its interval over seeds."""
-    df = plots.done_runs(df, "plot_qat", ("tag.model", "tag.method", "tag.format", "evals.weights_bytes"))
-    points = stats.summarize(df, ["evals.val_ppl", "evals.weights_bytes"],
-                             by=("label", "tag.model", "tag.method", "tag.format"))
+    """Left: the perplexity each format adds to the float32 model of the same seed, against weight
+    bytes, per pattern, after post-training quantization (dashed) and after QAT (solid). Right: the
+    fraction of the PTQ cost QAT recovers, per format and pattern, where the PTQ cost is measurable
+    (its interval above 0, its mean above :data:`MEASURABLE` of the perplexity): the ratio of two costs
+    near 0 means nothing and is left out. The right panel's table is written beside the figure as
+    ``<name>_recovery.csv`` (``python -m experiments.sweeps.collect`` prints it)."""
+    points = costs(df)
     fig, (ax, rec) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {}
     for model, part in points.groupby("tag.model", sort=False):
@@ -122,31 +144,38 @@ def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
             if sub.empty:
                 continue
             kw = {"color": colors[model]} if model in colors else {}
-            (line,) = ax.plot(sub["evals.weights_bytes"], sub["evals.val_ppl"], marker=marker, ls=ls,
+            (line,) = ax.plot(sub["evals.weights_bytes"], sub["cost"], marker=marker, ls=ls,
                               label=f"{model} {method}", **kw)
             colors[model] = line.get_color()
-            plots.draw_interval(ax, sub["evals.weights_bytes"], sub, "evals.val_ppl", color=line.get_color())
-            for _, row in sub.iterrows():
-                ax.annotate(row["tag.format"], (row["evals.weights_bytes"], row["evals.val_ppl"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
-        ref = part[part["tag.method"] == "float"]
-        ax.plot(ref["evals.weights_bytes"], ref["evals.val_ppl"], marker="*", ms=12, ls="none",
-                color=colors.get(model), label=f"{model} float32")
-        plots.draw_interval(ax, ref["evals.weights_bytes"], ref, "evals.val_ppl", color=colors.get(model))
-    plots.label_axes(ax, "weight bytes (log scale)", "validation perplexity",
+            plots.draw_interval(ax, sub["evals.weights_bytes"], sub, "cost", color=line.get_color())
+            if method == "PTQ" and model == next(iter(colors)):
+                for _, row in sub.iterrows():
+                    ax.annotate(row["tag.format"], (row["evals.weights_bytes"], 0), fontsize=7, rotation=90,
+                                xytext=(2, 4), textcoords="offset points", color="grey")
+    ax.axhline(0.0, color="grey", lw=1)
+    plots.label_axes(ax, "weight bytes (log scale)", "perplexity above the float32 model",
                      "post-training quantization (dashed) vs QAT (solid)", xscale="log", legend=7)
     table = recovery(df)
+    # the right panel's numbers, per seed already paired, beside the figure (the README's table)
+    table.assign(label=table["model"] + " " + table["format"]).to_csv(
+        Path(figures) / f"{name}_recovery.csv", index=False)
     formats = list(dict.fromkeys(table["format"]))
     models = list(dict.fromkeys(table["model"]))
     width = 0.8 / max(len(models), 1)
     for j, model in enumerate(models):
-        part = table[table["model"] == model].set_index("format").reindex(formats)
-        x = [i + (j - (len(models) - 1) / 2) * width for i in range(len(formats))]
-        rec.bar(x, part["recovered"], width, label=model, color=colors.get(model))
-        plots.draw_interval(rec, pd.Series(x), part.reset_index(), "recovered", color="black")
+        part = table[table["model"] == model].set_index("format").reindex(formats).reset_index()
+        x = pd.Series([i + (j - (len(models) - 1) / 2) * width for i in range(len(formats))])
+        lo = part["ptq_cost.lo"] if "ptq_cost.lo" in part else part["ptq_cost"]
+        measurable = ((lo > 0) & (part["ptq_cost"] > MEASURABLE * part["float"])).to_numpy()
+        shown = part[measurable]
+        rec.bar(x[measurable], shown["recovered"], width, label=model, color=colors.get(model))
+        plots.draw_interval(rec, x[measurable], shown, "recovered", color="black", bounds=(-0.5, 1.5))
+        for xi in x[~measurable]:
+            rec.text(xi, 0.02, "no measurable\nPTQ cost", fontsize=6, ha="center", rotation=90)
     rec.set_xticks(range(len(formats)), formats)
+    rec.set_ylim(-0.5, 1.5)
     rec.axhline(0.5, color="grey", ls=":", lw=1)
     rec.axhline(1.0, color="grey", lw=1)
     plots.label_axes(rec, "weight format", "fraction of the PTQ cost recovered by QAT",
-                     "1 - (QAT - float) / (PTQ - float)")
+                     "1 - (QAT - float) / (PTQ - float), paired by seed")
     return [plots.save_figure(fig, Path(figures) / f"{name}.png")]
