@@ -10,13 +10,21 @@ import jax
 import pytest
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+# The suite compiles hundreds of tiny programs and runs each for milliseconds: compiling dominates, and
+# XLA's backend optimisation is most of a compile: off on CPU hosts, as quick-scale sweep workers run
+# (experiments.sweeps.runner.QUICK_XLA_FLAGS); a GPU host (the device check) compiles as it would run.
+QUICK_XLA = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):
-    """One persistent compilation cache for the session, empty at its start: the xdist workers, notebook
-    kernels and sweep worker processes inherit it through the environment, so a program compiled once
-    (a seed replica's train step, a quick sweep two notebooks share) is read back instead of compiled
-    again. The first process to get here makes it and removes it at the end."""
+    """XLA's backend optimisation off on a CPU host (:data:`QUICK_XLA`), and one persistent
+    compilation cache for the session, empty at its start: the xdist workers, notebook kernels and
+    sweep worker processes inherit both through the environment, so a program compiled once (a seed
+    replica's train step, a quick sweep two notebooks share) is read back instead of compiled again.
+    The first process to get here makes the cache and removes it at the end."""
+    cpu_host = shutil.which("nvidia-smi") is None
+    if cpu_host and QUICK_XLA not in os.environ.get("XLA_FLAGS", ""):  # before the first computation
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_XLA}".strip()
     if not os.environ.get(CACHE_ENV):
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="gemma-lab-jax-cache-")
         config._jax_cache_owner = True
