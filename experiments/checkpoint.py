@@ -94,6 +94,8 @@ def restore(path: str | Path, like: Any) -> tuple[Any, dict]:
                               f"state have {len(ref)}: a different config?")
     out = []
     for i, (got, want) in enumerate(zip(leaves, ref)):
+        if got.dtype.kind == "V" and got.dtype.itemsize == np.dtype(want.dtype).itemsize:
+            got = got.view(want.dtype)  # .npy stores dtypes numpy lacks (bfloat16) as raw bytes
         if got.shape != tuple(want.shape) or got.dtype != want.dtype:
             raise CheckpointError(f"checkpoint {path}: array {i} is {got.dtype}{list(got.shape)}, expected "
                                   f"{want.dtype}{list(want.shape)}: a different config?")

@@ -1,4 +1,6 @@
-"""``load_trained(run_dir)``: a finished (or checkpointed) training run read back as a model.
+"""``load_trained(run_dir)``: a finished (or checkpointed) training run read back as a model; and
+``save_served`` / ``load_served``: a model stored as it is served, its weights packed in a quantized
+format (``arch.quant.pack_model``: integer codes and bf16 scales, every other array in bf16).
 
 Used by evaluations, sweeps, sampling, teachers, runs that start from another's weights
 (``RunConfig.init``) and notebooks; the params are the leading part of the ``(params, opt_state)``
@@ -14,6 +16,8 @@ import equinox as eqx
 import jax
 
 import arch
+from arch import quant
+from arch.config import ModelConfig
 from experiments import checkpoint
 from experiments.data.corpus import load_corpus
 from experiments.data.tasks import TaskVocab
@@ -69,3 +73,28 @@ def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]
     cfg = run.model_config(tok.vocab_size)
     abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
     return checkpoint.load_params(run_dir / checkpoint.CKPT_NAME, abstract), tok, run
+
+
+def save_served(model: eqx.Module, path: str | Path, fmt: str | None = None) -> int:
+    """Store ``model`` in ``fmt`` (default: its ``cfg.weight_format``) at ``path`` (an atomic,
+    checksummed :mod:`experiments.checkpoint` file) and return the bytes of its arrays, which equal
+    ``arch.memory.weights_bytes(model.cfg, fmt)``: what is measured is what is stored."""
+    fmt = fmt or model.cfg.weight_format
+    if fmt not in quant.FORMATS:
+        raise ValueError(f"save_served: format {fmt!r}: must be one of {quant.FORMATS} (or the model's "
+                         f"ModelConfig.weight_format)")
+    packed = quant.pack_model(model, fmt, model.cfg.quant_targets)
+    checkpoint.save(path, packed, {"weight_format": fmt, "model_config": model.cfg.to_dict()})
+    return quant.packed_bytes(packed)
+
+
+def load_served(path: str | Path) -> tuple[eqx.Module, eqx.Module]:
+    """``(packed, model)`` from :func:`save_served`: the stored arrays exactly as written, and the model
+    they serve (float32 weights, dequantized once; its ``weight_format`` is None, as the weights
+    already are the served ones)."""
+    _, meta = checkpoint.read(path)
+    cfg = ModelConfig(**meta["model_config"]).replace(weight_format=None)
+    abstract = eqx.filter_eval_shape(arch.LM, cfg, key=jax.random.key(0))
+    like = eqx.filter_eval_shape(quant.pack_model, abstract, meta["weight_format"], cfg.quant_targets)
+    packed, _ = checkpoint.restore(path, like)
+    return packed, quant.unpack_model(packed, abstract)

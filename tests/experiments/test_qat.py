@@ -14,6 +14,7 @@ import pytest
 
 import arch
 from arch import quant
+from experiments import checkpoint
 from experiments.eval.run import evaluate_run
 from experiments.losses import get_loss
 from experiments.step import batch_loss
@@ -21,7 +22,7 @@ from experiments.sweeps import qat
 from experiments.sweeps.definitions import tradeoff
 from experiments.sweeps.runner import expand, group_of, shard
 from experiments.train import load_run_data, load_trained, train
-from experiments.trained import initial_params
+from experiments.trained import initial_params, load_served, save_served
 
 
 def test_a_qat_step_reduces_the_distillation_loss():
@@ -101,6 +102,37 @@ def test_qat_run_starts_from_the_trained_model_and_serves_quantized(base_run):
     lines = (sweep / run.short_hash() / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)]
     assert losses and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("fmt", quant.FORMATS)
+def test_served_checkpoint_reloads_bit_for_bit_and_weighs_what_memory_counts(base_run, tmp_path, fmt):
+    """A trained model stored packed in ``fmt``: its arrays take exactly ``arch.memory``'s bytes (the
+    file adds only its headers), and they, and the model they serve, come back unchanged."""
+    model, _, _ = load_trained(base_run["sweep"] / base_run["base"].short_hash())
+    path = tmp_path / f"{fmt}.ckpt"
+    stored = save_served(model, path, fmt)
+    assert stored == arch.memory.weights_bytes(model.cfg, fmt)
+    arrays, meta = checkpoint.read(path)
+    # SFP8's one f32 scale per tensor sits in gemma.cpp's tensor header beside the shape: a header too
+    headers = sum(p.tensor_scale.nbytes for p in jax.tree_util.tree_leaves(
+        quant.pack_model(model, fmt), is_leaf=lambda x: isinstance(x, quant.Packed))
+        if isinstance(p, quant.Packed) and p.tensor_scale is not None)
+    assert sum(a.nbytes for a in arrays) - headers == stored and meta["weight_format"] == fmt
+    # the rest of the file: its header line, the JSON meta, and each array's .npy/zip headers
+    assert path.stat().st_size - stored < 2048 + 300 * len(arrays)
+    packed, served = load_served(path)
+    expected = jax.tree_util.tree_leaves(quant.pack_model(model, fmt))
+    got = jax.tree_util.tree_leaves(packed)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    x = jnp.arange(16, dtype=jnp.int32) % model.cfg.vocab_size
+    reference = quant.unpack_model(quant.pack_model(model, fmt), model)
+    np.testing.assert_array_equal(np.asarray(served(x)), np.asarray(reference(x)))
+    assert served.cfg.weight_format is None
+    with pytest.raises(ValueError, match="format 'int3'"):
+        save_served(model, tmp_path / "x.ckpt", "int3")
 
 
 def test_init_errors_name_the_problem(base_run):
