@@ -125,10 +125,10 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "evals.cache_bytes_32k": ("cache at 32K (bf16)", _mib, _mib),
             "evals.weights_bytes": ("weights as served", _mib, _mib),
             "tokens_per_s": ("train tokens/s", "{:,.0f}".format, "{:,.0f}".format),
-            # the qat sweep's recovery table (experiments.sweeps.qat.recovery)
-            "float": ("float32 perplexity", "{:.2f}".format, "{:.1f}".format),
-            "ptq_cost": ("PTQ cost (perplexity)", "{:.2f}".format, "{:.2f}".format),
-            "qat_cost": ("QAT cost (perplexity)", "{:.2f}".format, "{:.2f}".format),
+            # the qat sweep's recovery tables (experiments.sweeps.qat.recovery): perplexity added, recall lost
+            "float": ("float32", "{:.2f}".format, "{:.1f}".format),
+            "ptq_cost": ("PTQ cost", "{:.2f}".format, "{:.2f}".format),
+            "qat_cost": ("QAT cost", "{:.2f}".format, "{:.2f}".format),
             "recovered": ("recovered by QAT", "{:.2f}".format, "{:.2f}".format)}
 
 

@@ -11,8 +11,11 @@ same run hash: a results folder of one serves the other) is
   gradient, and takes as targets the probabilities of the frozen non-quantized model (``distill``
   loss, ``RunConfig.teacher``): the report's "~5,000 steps" becomes :data:`QAT_STEPS`.
 
-Every point carries its weight bytes in its format (``evals.weights_bytes``, from ``arch.memory``). The
-figure draws perplexity against weight bytes per pattern; :func:`recovery` states, per pattern and
+The same is done for the recall sweep's models of these patterns (MQAR, the scale's window and width;
+the QAT targets there are the float model's probabilities on the task rows), scored by recall beyond
+the local reach (``evals.task_acc_beyond``). Every point carries its weight bytes in its format
+(``evals.weights_bytes``, from ``arch.memory``). The figure draws the perplexity and recall costs
+against weight bytes per pattern; :func:`recovery` states, per pattern and
 format, the perplexity PTQ costs, what QAT leaves, and the fraction recovered, over paired seeds.
 """
 
@@ -28,6 +31,7 @@ from arch import quant
 from experiments.runconfig import RunConfig
 from experiments.sweeps import plots, stats
 from experiments.sweeps.definitions import MAIN_JOB, base, run, with_pattern
+from experiments.sweeps.recall import recall
 from experiments.sweeps.runner import Run, register
 
 PATTERNS = [("5:1", "LLLLLG"), ("1:1", "LG"), ("Griffin RRL", "RRL")]
@@ -69,52 +73,69 @@ def qat_config(trained: RunConfig, fmt: str, steps: int) -> RunConfig:
 def qat_sweep(scale: str) -> list[Run]:
     b = MAIN_JOB if scale == "default" else base(scale)
     patterns = PATTERNS if scale != "quick" else PATTERNS[:1]
-    formats = quant.FORMATS if scale != "quick" else ("int4",)
+    recall_models = {dict(r.tags)["pattern"]: r.config for r in recall(scale) if dict(r.tags)["base"]}
     runs = []
     for label, pattern in patterns:
-        trained = with_pattern(b, pattern)
-        tags = (("pattern", pattern), ("model", label))
-        runs.append(run(scale, f"{label} float32", trained, tags=(*tags, ("method", "float"),
-                                                                   ("format", "float32"))))
-        for fmt in SERVED if scale != "quick" else ("int4",):
-            runs.append(run(scale, f"{label} PTQ {fmt}", trained, eval_overrides=(("weight_format", fmt),),
-                            tags=(*tags, ("method", "PTQ"), ("format", fmt))))
-        for fmt in formats:
-            runs.append(QATRun(label=f"{label} QAT {fmt}", config=qat_config(trained, fmt, QAT_STEPS[scale]),
-                               base=trained, quick=scale == "quick",
-                               tags=(("scale", scale), *tags, ("method", "QAT"), ("format", fmt))))
+        runs += _points(scale, label, with_pattern(b, pattern), pattern)
+        if scale != "quick" and pattern in recall_models:  # quick: the corpus models only
+            runs += _points(scale, f"{label} MQAR", recall_models[pattern], pattern)
     return runs
 
 
-def _paired(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The quantized rows of ``df`` with the float32 perplexity of their own model and seed beside
-    them (column ``float``), and the columns a seed's rows share."""
-    df = plots.done_runs(df, "qat", ("tag.model", "tag.method", "tag.format", "evals.val_ppl"))
+def _points(scale: str, label: str, trained: RunConfig, pattern: str) -> list[Run]:
+    """``trained`` as trained (float32), served in every format (PTQ) and fine-tuned in each quantized
+    one (QAT)."""
+    formats = quant.FORMATS if scale != "quick" else ("int4",)
+    tags = (("pattern", pattern), ("model", label))
+    runs = [run(scale, f"{label} float32", trained, tags=(*tags, ("method", "float"), ("format", "float32")))]
+    for fmt in SERVED if scale != "quick" else ("int4",):
+        runs.append(run(scale, f"{label} PTQ {fmt}", trained, eval_overrides=(("weight_format", fmt),),
+                        tags=(*tags, ("method", "PTQ"), ("format", fmt))))
+    for fmt in formats:
+        runs.append(QATRun(label=f"{label} QAT {fmt}", config=qat_config(trained, fmt, QAT_STEPS[scale]),
+                           base=trained, quick=scale == "quick",
+                           tags=(("scale", scale), *tags, ("method", "QAT"), ("format", fmt))))
+    return runs
+
+
+# the metric each model is scored by, and the sign that makes a cost positive when quantization hurts
+PERPLEXITY, RECALL = ("evals.val_ppl", 1.0), ("evals.task_acc_beyond", -1.0)
+
+
+def _paired(df: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The quantized rows of ``df`` that have ``metric``, with the float32 value of their own model and
+    seed beside them (column ``float``), and the columns a seed's rows share."""
+    df = plots.done_runs(df, "qat", ("tag.model", "tag.method", "tag.format"))
+    df = df[df[metric].notna()] if metric in df else df.iloc[:0].assign(**{metric: []})
     key = ["tag.model", *(["run.seed"] if "run.seed" in df else [])]
-    floats = df[df["tag.method"] == "float"][[*key, "evals.val_ppl"]]
+    floats = df[df["tag.method"] == "float"][[*key, metric]]
     quantized = df[df["tag.method"] != "float"]
-    return quantized.merge(floats.rename(columns={"evals.val_ppl": "float"}), on=key), key
+    return quantized.merge(floats.rename(columns={metric: "float"}), on=key), key
 
 
-def costs(df: pd.DataFrame) -> pd.DataFrame:
-    """Per pattern, method (PTQ, QAT) and format: the perplexity above the float32 model of the same
-    seed (``cost``, mean and 95% interval over seeds) and the weight bytes of the format."""
-    both, _ = _paired(df)
-    both = both.assign(cost=both["evals.val_ppl"] - both["float"])
+def costs(df: pd.DataFrame, score: tuple[str, float] = PERPLEXITY) -> pd.DataFrame:
+    """Per pattern, method (PTQ, QAT) and format: how much worse than the float32 model of the same
+    seed the metric of ``score`` is (``cost``: perplexity above, or recall below; mean and 95%
+    interval over seeds), and the weight bytes of the format."""
+    metric, sign = score
+    both, _ = _paired(df, metric)
+    both = both.assign(cost=sign * (both[metric] - both["float"]))
     by = ("tag.model", "tag.method", "tag.format")
     return stats.summarize(both, ["cost", "evals.weights_bytes"], by=by)
 
 
-def recovery(df: pd.DataFrame) -> pd.DataFrame:
-    """Per pattern and quantized format: the perplexity PTQ adds to the float32 model, what the QAT
-    model still adds, and the fraction QAT recovers, ``1 - qat cost / ptq cost``; each a mean and 95%
-    interval over seeds, the three models of a seed paired (``run.seed``)."""
-    both, key = _paired(df)
-    part = {m: both[both["tag.method"] == m][[*key, "tag.format", "float", "evals.val_ppl"]]
-            .rename(columns={"evals.val_ppl": m}) for m in ("PTQ", "QAT")}
+def recovery(df: pd.DataFrame, score: tuple[str, float] = PERPLEXITY) -> pd.DataFrame:
+    """Per pattern and quantized format: what PTQ costs against the float32 model (perplexity added, or
+    recall lost), what the QAT model still costs, and the fraction QAT recovers,
+    ``1 - qat cost / ptq cost``; each a mean and 95% interval over seeds, the three models of a seed
+    paired (``run.seed``)."""
+    metric, sign = score
+    both, key = _paired(df, metric)
+    part = {m: both[both["tag.method"] == m][[*key, "tag.format", "float", metric]]
+            .rename(columns={metric: m}) for m in ("PTQ", "QAT")}
     both = part["PTQ"].merge(part["QAT"].drop(columns="float"), on=[*key, "tag.format"])
-    both["ptq_cost"] = both["PTQ"] - both["float"]
-    both["qat_cost"] = both["QAT"] - both["float"]
+    both["ptq_cost"] = sign * (both["PTQ"] - both["float"])
+    both["qat_cost"] = sign * (both["QAT"] - both["float"])
     both["recovered"] = 1.0 - both["qat_cost"] / both["ptq_cost"]
     out = stats.summarize(both, ["float", "PTQ", "QAT", "ptq_cost", "qat_cost", "recovered"],
                           by=("tag.model", "tag.format"))
@@ -122,21 +143,20 @@ def recovery(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(df: pd.DataFrame) -> str:
-    """The recovery table as text: each quantity as ``mean [lo, hi]``."""
-    table = stats.fold(recovery(df), "{:.2f}".format)
+    """The recovery tables as text (perplexity, then recall where the sweep has task models): each
+    quantity as ``mean [lo, hi]``."""
     columns = ["model", "format", "n", "float", "ptq_cost", "qat_cost", "recovered"]
-    return table[columns].to_string(index=False)
+    parts = []
+    for score in (PERPLEXITY, RECALL):
+        table = recovery(df, score)
+        if not table.empty:
+            text = stats.fold(table, "{:.2f}".format)[columns].to_string(index=False)
+            parts.append(f"{score[0]}:\n{text}")
+    return "\n\n".join(parts)
 
 
-def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
-    """Left: the perplexity each format adds to the float32 model of the same seed, against weight
-    bytes, per pattern, after post-training quantization (dashed) and after QAT (solid). Right: the
-    fraction of the PTQ cost QAT recovers, per format and pattern, where the PTQ cost is measurable
-    (its interval above 0, its mean above :data:`MEASURABLE` of the perplexity): the ratio of two costs
-    near 0 means nothing and is left out. The right panel's table is written beside the figure as
-    ``<name>_recovery.csv`` (``python -m experiments.sweeps.collect`` prints it)."""
-    points = costs(df)
-    fig, (ax, rec) = plt.subplots(1, 2, figsize=(12, 4.5))
+def _draw_costs(ax, points: pd.DataFrame, ylabel: str, title: str) -> dict[str, str]:
+    """Each model's cost against weight bytes, PTQ dashed and QAT solid; returns the colours used."""
     colors = {}
     for model, part in points.groupby("tag.model", sort=False):
         for method, marker, ls in (("PTQ", "o", "--"), ("QAT", "s", "-")):
@@ -153,8 +173,31 @@ def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
                     ax.annotate(row["tag.format"], (row["evals.weights_bytes"], 0), fontsize=7, rotation=90,
                                 xytext=(2, 4), textcoords="offset points", color="grey")
     ax.axhline(0.0, color="grey", lw=1)
-    plots.label_axes(ax, "weight bytes (log scale)", "perplexity above the float32 model",
-                     "post-training quantization (dashed) vs QAT (solid)", xscale="log", legend=7)
+    plots.label_axes(ax, "weight bytes (log scale)", ylabel, title, xscale="log", legend=7)
+    return colors
+
+
+def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
+    """Left: the perplexity each format adds to the float32 model of the same seed, against weight
+    bytes, per pattern, after post-training quantization (dashed) and after QAT (solid); middle (when
+    the sweep has the recall models): the recall beyond the local reach each format loses, the same
+    way. Right: the fraction of the PTQ perplexity cost QAT recovers, per format and pattern, where the
+    PTQ cost is measurable (its interval above 0, its mean above :data:`MEASURABLE` of the
+    perplexity): the ratio of two costs near 0 means nothing and is left out. The recovery tables are
+    written beside the figure as ``<name>_recovery.csv`` (perplexity) and ``<name>_recall.csv``
+    (``python -m experiments.sweeps.collect`` prints them)."""
+    recall_points = costs(df, RECALL)
+    panels = 3 if len(recall_points) else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+    ax, rec = axes[0], axes[-1]
+    colors = _draw_costs(ax, costs(df), "perplexity above the float32 model",
+                         "post-training quantization (dashed) vs QAT (solid)")
+    if len(recall_points):
+        _draw_costs(axes[1], recall_points, "recall beyond the local reach lost",
+                    "MQAR models: PTQ (dashed) vs QAT (solid)")
+        lost = recovery(df, RECALL)
+        lost.assign(label=lost["model"] + " " + lost["format"]).to_csv(Path(figures) / f"{name}_recall.csv",
+                                                                        index=False)
     table = recovery(df)
     # the right panel's numbers, per seed already paired, beside the figure (the README's table)
     table.assign(label=table["model"] + " " + table["format"]).to_csv(

@@ -295,7 +295,8 @@ def test_quantize_model_gradient_is_the_gradient_at_the_quantized_weights(lm):
     quantized = ptq(params, "int4", fake=False)
     at_quantized = jax.jit(jax.grad(loss))(quantized)
     for a, b in zip(jax.tree.leaves(ste), jax.tree.leaves(at_quantized)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        # two programs: equal up to float reassociation, far below what quantizing the weights moves
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
     tree = {"blocks": [{"mlp": {"weight": normal(8, (4, 32))}}]}  # a bare parameter tree
     ptq_sum = lambda t: jnp.sum(jax.tree.leaves(quant.quantize_model(t, "int8", fake=False))[0])
     assert not jnp.any(jax.tree.leaves(jax.grad(ptq_sum)(tree))[0])

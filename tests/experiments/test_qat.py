@@ -157,10 +157,13 @@ def test_init_errors_name_the_problem(base_run):
 
 def test_qat_sweep_points_follow_their_base_per_seed():
     runs = expand("qat", "default", seeds=3)
-    trained = {r.config.short_hash() for r in expand("tradeoff", "default", seeds=3)}
     bases = [r for r in runs if dict(r.tags)["method"] == "float"]
-    assert {r.config.short_hash() for r in bases} <= trained  # the tradeoff sweep's models, reused
-    assert len(bases) == 3 * len(qat.PATTERNS)
+    corpus = {r.config.short_hash() for r in bases if r.config.task is None}
+    task = {r.config.short_hash() for r in bases if r.config.task is not None}
+    # the tradeoff and recall sweeps' trained models, reused
+    assert corpus <= {r.config.short_hash() for r in expand("tradeoff", "default", seeds=3)}
+    assert task <= {r.config.short_hash() for r in expand("recall", "default", seeds=3)}
+    assert len(corpus) == len(task) == 3 * len(qat.PATTERNS)
     by_key = {r.key: i for i, r in enumerate(runs)}
     for r in runs:
         tags = dict(r.tags)
@@ -198,6 +201,21 @@ def _fabricated(seeds: int = 3) -> pd.DataFrame:
                              "evals.weights_bytes": bytes_})
     df = pd.DataFrame(rows)
     return df.assign(status="done", **{"run.seed": np.repeat(range(seeds), len(df) // seeds)})
+
+
+def test_recall_costs_are_recall_lost_and_get_their_own_panel_and_table(tmp_path):
+    ppl = _fabricated()
+    task = ppl.assign(**{"tag.model": ppl["tag.model"] + " MQAR", "label": ppl["label"] + " MQAR",
+                         "evals.task_acc_beyond": 1.0 - (ppl["evals.val_ppl"] - 100) / 100,
+                         "evals.val_ppl": np.nan})
+    df = pd.concat([ppl, task], ignore_index=True)
+    lost = qat.recovery(df, qat.RECALL)
+    row = lost[(lost["model"] == "5:1 MQAR") & (lost["format"] == "int4")].iloc[0]
+    assert row["ptq_cost"] == pytest.approx(0.10) and row["recovered"] == pytest.approx(0.65)
+    assert set(qat.recovery(df)["model"]) == {"5:1", "RRL"}  # perplexity rows only
+    qat.plot_qat(df, tmp_path)
+    assert pd.read_csv(tmp_path / "qat_recall.csv")["label"].str.endswith("MQAR int4").any()
+    assert "evals.task_acc_beyond" in qat.report(df)
 
 
 def test_recovery_pairs_each_seed_with_its_own_float_model():
