@@ -67,9 +67,6 @@ def qat_config(trained: RunConfig, fmt: str, steps: int) -> RunConfig:
         log_every=max(min(10, steps // 4), 1))
 
 
-@register("qat", "Gemma 3 section 2.3 / Table 3 (PTQ vs QAT per weight format)",
-          plot=lambda df, figures, name="qat": plot_qat(df, figures, name),
-          report=lambda df: report(df))
 def qat_sweep(scale: str) -> list[Run]:
     b = MAIN_JOB if scale == "default" else base(scale)
     patterns = PATTERNS if scale != "quick" else PATTERNS[:1]
@@ -222,3 +219,7 @@ def plot_qat(df: pd.DataFrame, figures: Path, name: str = "qat") -> list[Path]:
     plots.label_axes(rec, "weight format", "fraction of the PTQ cost recovered by QAT",
                      "1 - (QAT - float) / (PTQ - float), paired by seed")
     return [plots.save_figure(fig, Path(figures) / f"{name}.png")]
+
+
+register("qat", "Gemma 3 section 2.3 / Table 3 (PTQ vs QAT per weight format)", plot=plot_qat,
+         report=report)(qat_sweep)

@@ -19,7 +19,6 @@ from experiments.eval.run import evaluate_run
 from experiments.losses import get_loss
 from experiments.step import batch_loss
 from experiments.sweeps import qat
-from experiments.sweeps.definitions import tradeoff
 from experiments.sweeps.runner import expand, group_of, shard
 from experiments.train import load_run_data, load_trained, train
 from experiments.trained import initial_params, load_served, save_served
@@ -182,7 +181,6 @@ def test_qat_sweep_points_follow_their_base_per_seed():
             keys = {r.key for r in part}
             assert all(r.config.init[1:] in keys for r in part if isinstance(r, qat.QATRun))
     assert {dict(r.tags)["format"] for r in runs if dict(r.tags)["method"] == "QAT"} == set(quant.FORMATS)
-    assert len(tradeoff("default")) > len(qat.PATTERNS)
 
 
 def _fabricated(seeds: int = 3) -> pd.DataFrame:
