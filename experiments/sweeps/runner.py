@@ -332,8 +332,9 @@ def run_sweep(name: str, *, scale: str = "default", out: Path = DEFAULT_OUT,
     else:
         result = _run_in_process(runs, sweep_dir, name, progress)
     if plot and sweep.plot is not None and result["done"]:
-        for path in sweep.plot(results(name, scale, out, seeds), Path(figures or figures_dir(out, scale)),
-                               name):
+        figures = Path(figures or figures_dir(out, scale))
+        figures.mkdir(parents=True, exist_ok=True)  # a plot may write its tables before its figure
+        for path in sweep.plot(results(name, scale, out, seeds), figures, name):
             print(f"figure: {path}")
     return result
 
