@@ -49,9 +49,9 @@ def prepare(scale: str, out: Path, seeds: int) -> None:
 
 
 def plot(df: pd.DataFrame, folder: Path, name: str) -> list[Path]:
-    """``<name>.json``: the labels of the finished runs it was given."""
+    """``<name>.json``: the labels of the finished runs it was given, written straight into ``folder``
+    (the runner makes it: a plot may write tables before any figure)."""
     path = Path(folder) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(sorted(df.loc[df["status"] == "done", "label"])))
     return [path]
 
