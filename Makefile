@@ -38,7 +38,7 @@ device-check:
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30
 
 presets: $(BIN)/.installed
 	$(BIN)/python -m arch.presets

@@ -10,6 +10,7 @@ import jax
 import pytest
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+MIN_COMPILE_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 # The suite compiles hundreds of tiny programs and runs each for milliseconds: compiling dominates, and
 # XLA's backend optimisation is most of a compile: off on CPU hosts, as quick-scale sweep workers run
 # (experiments.sweeps.runner.QUICK_XLA_FLAGS); a GPU host (the device check) compiles as it would run.
@@ -28,7 +29,10 @@ def pytest_configure(config):
     if not os.environ.get(CACHE_ENV):
         os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="gemma-lab-jax-cache-")
         config._jax_cache_owner = True
+    # every program, not only those that took a second to compile (without backend optimisation few do)
+    os.environ.setdefault(MIN_COMPILE_ENV, "0")
     jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ[MIN_COMPILE_ENV]))
 
 
 def pytest_unconfigure(config):

@@ -36,8 +36,11 @@ def test_bf16_gradients_under_vmap_equal_the_batched_call():
     np.testing.assert_allclose(per_seq, batched, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["tiny_gemma3", "tiny_gemma2", "tiny_recurrentgemma"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+# bf16 for one model: the batch/vmap equivalence of each mixer is the float32 cases' work; what bf16 adds
+# is the custom-VJP matmul on folded rows inside a whole model, the same code in every family (and eager,
+# each case costs a minute or more of CPU)
+@pytest.mark.parametrize(("dtype", "name"), [("float32", "tiny_gemma3"), ("float32", "tiny_gemma2"),
+                                             ("float32", "tiny_recurrentgemma"), ("bfloat16", "tiny_gemma2")])
 def test_batched_model_equals_vmapped_model(name, dtype):
     """One ``[b, t]`` call (how training runs) equals the per-sequence model, logits and gradients."""
     model = arch.LM(arch.preset(name, matmul_dtype=dtype), key=jr.key(0))
