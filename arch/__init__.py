@@ -8,15 +8,19 @@ from arch.hf import from_hf, to_hf
 from arch.masks import visible
 from arch.model import LM
 from arch.params import count_params
-from arch.presets import PRESETS, preset
+from arch.presets import PRESETS, VISION_PRESETS, preset, vision_preset
 from arch.reconfigure import reconfigure as reconfigure  # same weights, new config (arch.reconfigure)
+from arch.vision import VisionConfig, VisionTower
 
 __all__ = [
     "LM",
     "PRESETS",
+    "VISION_PRESETS",
     "Cache",
     "EmbeddingModel",
     "ModelConfig",
+    "VisionConfig",
+    "VisionTower",
     "count_params",
     "from_hf",
     "init_cache",
@@ -24,4 +28,5 @@ __all__ = [
     "ratio",
     "to_hf",
     "visible",
+    "vision_preset",
 ]

@@ -8,7 +8,8 @@ Conventions:
 
 - 1 GB = 1e9 bytes.
 - Parameters: the text decoder from the module tree, the tied embedding counted once (as Gemma 3
-  Table 1 and Gemma 2 Table 2 count it); ``vision_params`` adds the 417M SigLIP encoder of 4B+.
+  Table 1 and Gemma 2 Table 2 count it); ``vision_params`` adds the SigLIP encoder of 4B+
+  (:data:`GEMMA3_VISION_PARAMS`, counted from :class:`arch.vision.VisionEncoder`: Table 1's 417M).
 - Formats: ``float32`` 4 bytes, ``bfloat16`` 2, and the quantised ``arch.quant.FORMATS``, whose byte
   rule is :func:`arch.quant.stored_bytes` (exactly what :func:`arch.quant.pack_model` stores): ``int8``
   and ``int4`` are per output channel (1 or 0.5 byte per weight + one bf16 scale per output channel);
@@ -34,12 +35,14 @@ from arch.cache import init_cache
 from arch.config import ModelConfig
 from arch.params import abstract_model
 from arch.rglru import ConvState
+from arch.vision import VisionConfig, count_vision_params
 
 GB = 1e9
 WEIGHT_FORMATS = ("float32", "bfloat16", *quant.FORMATS)
 CACHE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "int8": jnp.int8,
                 "float8": jnp.float8_e4m3fn}
-GEMMA3_VISION_PARAMS = 417_000_000  # SigLIP encoder shared by Gemma 3 4B/12B/27B (Table 1, rounded)
+# the SigLIP encoder shared by Gemma 3 4B/12B/27B, from its module tree (416,866,032; Table 1: 417M)
+GEMMA3_VISION_PARAMS = count_vision_params(VisionConfig(), text_width=1)["encoder"]
 BITS = {"float32": 32, "bfloat16": 16} | {f: quant.parse_format(f).bits for f in quant.FORMATS}
 SCALE_BYTES = jnp.dtype(quant.SCALE_DTYPE).itemsize  # bf16 scales
 

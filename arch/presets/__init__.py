@@ -8,6 +8,7 @@ and ``recurrentgemma/common.py``; EmbeddingGemma config.json (report section 2.1
 
 from arch.config import ModelConfig
 from arch.params import count_params
+from arch.vision import VisionConfig, count_vision_params
 
 _GEMMA2 = dict(
     vocab_size=256_128, pattern="LG", window=4096, attn_softcap=50.0, logit_softcap=30.0,
@@ -84,6 +85,27 @@ PUBLISHED_NON_EMBEDDING = {
 }
 
 
+# Gemma 3's vision encoder (report section 2.1, Table 1: 417M, shared by 4B/12B/27B; HF vision_config:
+# SigLIP so400m at 896, 64 x 64 patches pooled 4 x 4 into 256 soft tokens), and small ones for CPU work.
+VISION_PRESETS: dict[str, VisionConfig] = {
+    "siglip_gemma3": VisionConfig(),
+    "small_siglip": VisionConfig(image_size=224, patch_size=14, width=128, num_layers=4, num_heads=4,
+                                 mlp_width=512, pool=4),  # 16 x 16 patches -> 16 soft tokens
+    "tiny_siglip": VisionConfig(image_size=28, patch_size=7, width=32, num_layers=2, num_heads=4,
+                                mlp_width=64, pool=2),  # 4 x 4 patches -> 4 soft tokens
+}
+# The encoder's parameters (patch embedding with bias, position embedding, 27 blocks, final norm; no
+# projector), as Gemma 3 Table 1 prints them and exactly.
+PUBLISHED_VISION_ENCODER = ("417M", 416_866_032, "Gemma 3 Table 1")
+
+
+def vision_preset(name: str, **overrides) -> VisionConfig:
+    """``vision_preset("siglip_gemma3", image_size=448)``: a named encoder config, some fields overridden."""
+    if name not in VISION_PRESETS:
+        raise ValueError(f"unknown vision preset {name!r}; known: {', '.join(VISION_PRESETS)}")
+    return VISION_PRESETS[name].replace(**overrides) if overrides else VISION_PRESETS[name]
+
+
 def preset(name: str, **overrides) -> ModelConfig:
     """``preset("gemma3_27b", window=512)``: a named config with some fields overridden."""
     if name not in PRESETS:
@@ -116,5 +138,16 @@ def table() -> str:
             pub, check = printed, "✓" if ok else f"✗ off by {n['non_embedding'] - exact:+,}"
         rows.append(f"{name:<22}{cfg.pattern:<8}{cfg.num_layers:>7}{counts:>10}{cfg.window:>8}"
                     f"{n['embedding']:>16,}{n['non_embedding']:>17,}{pub:>16}  {check}")
+    head = (f"{'vision preset':<22}{'image':>7}{'patch':>7}{'layers':>7}{'width':>7}{'soft tokens':>13}"
+            f"{'encoder':>14}{'published':>11}  check")
+    rows += ["-" * len(head), head, "-" * len(head)]
+    for name, cfg in VISION_PRESETS.items():
+        n = count_vision_params(cfg, text_width=1)["encoder"]
+        printed, exact, _ = PUBLISHED_VISION_ENCODER
+        pub, check = "", ""
+        if name == "siglip_gemma3":
+            pub, check = printed, "✓" if n == exact else f"✗ off by {n - exact:+,}"
+        rows.append(f"{name:<22}{cfg.image_size:>7}{cfg.patch_size:>7}{cfg.num_layers:>7}{cfg.width:>7}"
+                    f"{cfg.soft_tokens:>13}{n:>14,}{pub:>11}  {check}")
     return "\n".join(rows)
 
