@@ -5,10 +5,12 @@ once for kernels, references, caches and tests alike.
 - causal global layer: iff ``j <= i``;
 - bidirectional local layer (EmbeddingGemma): iff ``|i - j| < window // 2 + 1`` where ``window`` is
   the config's ``sliding_window`` (Hugging Face's conversion, ``bidirectional_radius``);
-- bidirectional global layer: always.
+- bidirectional global layer: always;
+- with images (Gemma 3): a causal layer's query also sees the later tokens of its own image, never a
+  later image, the local span still applying (``image_ids``).
 """
 
-from gemma_kernels import bidirectional_radius, visible
+from gemma_kernels import bidirectional_radius, image_ids, visible
 
 
 def kernel_window(window: int | None, causal: bool) -> int | None:
@@ -18,4 +20,4 @@ def kernel_window(window: int | None, causal: bool) -> int | None:
     return bidirectional_radius(window)
 
 
-__all__ = ["bidirectional_radius", "kernel_window", "visible"]
+__all__ = ["bidirectional_radius", "image_ids", "kernel_window", "visible"]

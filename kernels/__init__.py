@@ -50,7 +50,7 @@ else:
     from gemma_kernels.attention import attention, attention_reference
     from gemma_kernels.attention.ref import grouped_attention
     from gemma_kernels.layout import dot, dot_tn, physical_swap
-    from gemma_kernels.masks import bidirectional_radius, visible
+    from gemma_kernels.masks import bidirectional_radius, image_ids, visible
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
 
     __all__ = [
@@ -62,6 +62,7 @@ else:
         "dot",
         "dot_tn",
         "grouped_attention",
+        "image_ids",
         "linear_scan",
         "linear_scan_assoc",
         "linear_scan_reference",

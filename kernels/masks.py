@@ -9,6 +9,11 @@ Bidirectional (encoder) layers: i sees j iff ``|i - j| < radius``. EmbeddingGemm
 :func:`bidirectional_radius`), and this repo does the same wherever a bidirectional local layer runs.
 
 Negative key positions mark empty slots (unused cache entries, padding) and are never visible.
+
+Images in a causal sequence (Gemma 3 section 2.1; HF ``Gemma3ForConditionalGeneration``): with image
+ids (the index of the image a token's soft token belongs to, -1 for text; :func:`image_ids`), a query
+also sees the later tokens of its own image, so each image is read bidirectionally, never a later
+image. A local layer keeps its span on top: i sees j iff ``(j <= i or same image) and i - j < window``.
 """
 
 import jax.numpy as jnp
@@ -20,23 +25,37 @@ def bidirectional_radius(window: int) -> int:
     return window // 2 + 1
 
 
+def image_ids(is_image: Bool[Array, "*b t"]) -> Int[Array, "*b t"]:
+    """For each position, the index of the image whose soft tokens it holds (0, 1, ... in order), or -1
+    for text. An image is a run of consecutive image positions (Gemma 3 wraps each in begin/end-of-image
+    text tokens, so two images never touch)."""
+    start = is_image & ~jnp.pad(is_image[..., :-1], [(0, 0)] * (is_image.ndim - 1) + [(1, 0)])
+    return jnp.where(is_image, jnp.cumsum(start, axis=-1) - 1, -1).astype(jnp.int32)
+
+
 def visible(
     q_pos: Int[Array, " t"],
     k_pos: Int[Array, " s"],
     *,
     window: int | None = None,
     causal: bool = True,
+    q_image: Int[Array, " t"] | None = None,
+    k_image: Int[Array, " s"] | None = None,
 ) -> Bool[Array, "t s"]:
     """Boolean [t, s] mask: may the query at ``q_pos[i]`` attend to the key at ``k_pos[j]``?
     (Leading axes broadcast: ``[..., t]`` and ``[..., s]`` give ``[..., t, s]``.)
 
     ``window`` is the causal span (``0 <= i - j < window``) or, when ``causal=False``, the
-    bidirectional radius (``|i - j| < window``).
+    bidirectional radius (``|i - j| < window``). ``q_image`` / ``k_image`` (:func:`image_ids`, causal
+    layers only) open each image to all of its own tokens.
     """
     d = q_pos[..., :, None] - k_pos[..., None, :]
     ok = k_pos[..., None, :] >= 0
     if causal:
-        ok &= d >= 0
+        ahead = d >= 0
+        if q_image is not None:
+            ahead |= (q_image[..., :, None] == k_image[..., None, :]) & (q_image[..., :, None] >= 0)
+        ok &= ahead
         if window is not None:
             ok &= d < window
     elif window is not None:

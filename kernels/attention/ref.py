@@ -44,19 +44,21 @@ def attention_reference(
     segment_ids: Int[Array, " t"] | None = None,
     q_pos: Int[Array, " t"] | None = None,
     k_pos: Int[Array, " s"] | None = None,
+    image_ids: Int[Array, " t"] | None = None,
 ) -> Float[Array, "t h e"]:
     """Grouped-query attention with the mask of :func:`gemma_kernels.masks.visible`.
 
     Query head ``n`` uses KV head ``n // (h // k)``. Positions default to ``arange``; pass them to
     attend over a cache whose slots are not in order (ring buffers). ``segment_ids`` (query and key
-    side alike, so only when t == s) forbid attention across packed documents.
+    side alike, so only when t == s) forbid attention across packed documents; ``image_ids`` (the same
+    way; :func:`gemma_kernels.masks.image_ids`) let each image's tokens see one another.
     """
     t, _, e = q.shape
     s = k.shape[0]
     scale = e**-0.5 if scale is None else scale
     q_pos = jnp.arange(t) if q_pos is None else q_pos
     k_pos = jnp.arange(s) if k_pos is None else k_pos
-    mask = visible(q_pos, k_pos, window=window, causal=causal)
+    mask = visible(q_pos, k_pos, window=window, causal=causal, q_image=image_ids, k_image=image_ids)
     if segment_ids is not None:
         mask &= segment_ids[:, None] == segment_ids[None, :]
     return grouped_attention(q, k, v, mask, softcap=softcap, scale=scale).astype(q.dtype)
