@@ -45,3 +45,15 @@ def test_each_comparison_is_printed_from_its_summary(command):
         collect.main([str(ROOT / a) if a.endswith(".csv") else a
                       for a in shlex.split(command.removeprefix(COMPARE))])
     assert out.getvalue().strip() in (ROOT / "README.md").read_text()
+
+
+def test_preset_rows_are_printed_by_the_presets_command():
+    """Each preset row the README shows is a row of `python -m arch.presets`, as printed."""
+    from arch.presets import PRESETS, VISION_PRESETS, table
+
+    printed = {row.rstrip() for row in table().splitlines()}
+    names = set(PRESETS) | set(VISION_PRESETS)
+    shown = [line.rstrip() for line in (ROOT / "README.md").read_text().splitlines()
+             if line.split(" ", 1)[0] in names and "  " in line]
+    assert len(shown) >= 13
+    assert [row for row in shown if row not in printed] == []
