@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from arch.hf import _flat
 from arch.vision import VisionConfig, VisionTower
 
 PROJECTION = "projector.mm_input_projection.weight"
@@ -63,19 +64,13 @@ def hf_vision_name(path: str, prefix: str, tower: str) -> str:
     return tower + rest
 
 
-def _paths(tree) -> tuple[list[tuple[str, object]], object]:
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    key = lambda k: str(k.name if hasattr(k, "name") else k.idx if hasattr(k, "idx") else k.key)
-    return [(".".join(key(k) for k in path), leaf) for path, leaf in flat], treedef
-
-
 def vision_from_hf(tensors: Mapping[str, np.ndarray], hf_config: dict, *, dtype=jnp.float32) -> VisionTower:
     """A :class:`VisionTower` from the tensors of a ``Gemma3ForConditionalGeneration`` (any mapping of
     HF names to arrays, e.g. a state dict as NumPy) and its config dict. Every expected name and shape
     is checked before any array is placed; text tensors are ignored."""
     cfg, text_width = vision_config_from_hf(hf_config)
     abstract = eqx.filter_eval_shape(VisionTower, cfg, text_width, key=jax.random.key(0))
-    leaves, treedef = _paths(abstract)
+    leaves, treedef = _flat(abstract)
     prefix = next((p for p in _PREFIXES if f"{p}multi_modal_projector.mm_input_projection_weight" in tensors),
                   None)
     if prefix is None:

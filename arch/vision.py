@@ -26,6 +26,7 @@ import gemma_kernels
 from arch.config import ACTIVATIONS
 from arch.linear import Linear, activation
 from arch.norms import RMSNorm
+from arch.params import _size
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -260,7 +261,5 @@ def count_vision_params(cfg: VisionConfig, text_width: int) -> dict[str, int]:
     """``{"encoder", "projector", "total"}`` from the module tree (built abstractly). The encoder is what
     Gemma 3 Table 1 counts as its vision encoder (417M at the published shape)."""
     tower = eqx.filter_eval_shape(VisionTower, cfg, text_width, key=jr.key(0))
-    size = lambda tree: sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)
-                            if hasattr(x, "shape"))
-    encoder, projector = size(tower.vision_model), size(tower.projector)
+    encoder, projector = _size(tower.vision_model), _size(tower.projector)
     return {"encoder": encoder, "projector": projector, "total": encoder + projector}
