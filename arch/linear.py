@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+import arch.decode as decode
+from arch.quant import Packed, unpack
 from gemma_kernels import dot, dot_tn, physical_swap
 
 MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -43,13 +45,16 @@ def matmul(x: Array, w: Array, matmul_dtype: str) -> Array:
     In bf16 the backward pass runs in bf16 too (cotangents rounded to bf16, f32 accumulation), as
     mixed-precision training on accelerators does; every product is laid out ``[m, k] @ [k, n]``.
     """
+    lead = x.shape[:-1]
+    if isinstance(w, Packed):  # served from its codes (arch.decode)
+        if math.prod(lead) < MIN_ROWS:
+            return decode.matvec(x, w).astype(x.dtype)
+        w = unpack(w, MATMUL_DTYPES[matmul_dtype])
     out_dtype = jnp.result_type(x.dtype, w.dtype)
     if MATMUL_DTYPES[matmul_dtype] == jnp.float32:
         return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32).T).astype(out_dtype)
-    lead = x.shape[:-1]
-    if math.prod(lead) < MIN_ROWS:  # decode: a matrix-vector product, which XLA runs its own way
-        return jnp.matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16).T,
-                          preferred_element_type=jnp.float32).astype(out_dtype)
+    if math.prod(lead) < MIN_ROWS:  # decode: a matrix-vector product (arch.decode)
+        return decode.matvec(x.astype(jnp.bfloat16), w).astype(out_dtype)
     out = _matmul_bf16(x.reshape(-1, x.shape[-1]), w)
     return out.reshape(*lead, w.shape[0]).astype(out_dtype)
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+import arch.decode as decode
 import arch.quant as quant
 from arch.blocks import ResidualBlock
 from arch.config import ModelConfig
@@ -42,7 +43,10 @@ class LM(eqx.Module):
         self.cfg = cfg
 
     def embed_tokens(self, tokens: Tokens) -> Hidden:
-        x = self.embed[tokens]
+        if isinstance(self.embed, quant.Packed):  # served from its codes (arch.decode.decodable)
+            x = decode.rows(self.embed, tokens, self.final_norm.weight.dtype)
+        else:
+            x = self.embed[tokens]
         if self.cfg.embed_scale:
             scale = jnp.asarray(self.cfg.width**0.5, jnp.bfloat16 if self.cfg.embed_scale_bf16 else x.dtype)
             x = x * scale.astype(x.dtype)
