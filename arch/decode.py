@@ -1,18 +1,19 @@
 """The decode path: products for a few rows that read each weight once, float or packed.
 
 Decoding reads every weight once per token, so its time is bytes read over bandwidth, and the form
-of each product decides how close it gets (measured by ``python -m experiments.bench.decode``, which
-times the forms side by side). :func:`matvec` takes a float ``[out, in]`` weight as XLA's CPU compiler
+of each product decides how close it gets (``python -m experiments.bench.decode --speed`` puts a
+step against that floor). :func:`matvec` takes a float ``[out, in]`` weight as XLA's CPU compiler
 runs it fastest for its shape: a dot when the input is the short side (Gemma 3 1B's up and gate
 projections and tied head: 20-25 GB/s on a 2-core CPU), a fused multiply-and-reduce along the rows
 when it is the long side (the down projection: 16 GB/s, where the dot falls to 2 GB/s).
 
-Serving from packed weights (Gemma 3 section 2.3 quantizes for exactly this): a
-:class:`arch.quant.Packed` matrix of a ``Linear`` or the embedding
-table stays packed in the model that :func:`decodable` returns: a few rows (a decode step) multiply
-the integer codes directly, one fused multiply-and-reduce that widens each code as it is read and
-applies the scales to the partial sums; a long chunk (a prefill) dequantizes the matrix once to bf16
-and takes the matmul path. Values equal the dequantized matrix's product up to f32 summation order.
+Serving from packed weights (Gemma 3 section 2.3 quantizes for exactly this): in the model that
+:func:`decodable` returns, each :class:`arch.quant.Packed` matrix of a ``Linear`` or the embedding
+table becomes a :class:`Served` one, its codes laid out once as ``[out, in]`` (int4: ``[out, in / 2]``
+bytes) or ``[out, blocks, block]``: a few rows (a decode step) multiply the integer codes directly,
+one fused multiply-and-reduce that widens each code as it is read and applies the scales to the
+partial sums; a long chunk (a prefill) dequantizes the matrix and takes the matmul path. Values equal
+the dequantized matrix's product up to f32 summation order.
 
 Kept packed: integer formats with one scale per row (``int8``, ``int4``) or per block along the input
 axis (``int4_block32``), when each row holds whole blocks (and whole bytes for int4). Every other
@@ -20,6 +21,7 @@ packed tensor (sfp8, the RG-LRU's block-diagonal gates, the Conv1D taps, rows th
 is dequantized once to bf16.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
@@ -28,7 +30,7 @@ from arch.quant import Packed, unpack
 
 
 def servable(p: Packed) -> bool:
-    """Can ``p`` (a ``[out, in]`` matrix, input axis last) be read as codes by :func:`matvec`?"""
+    """Can ``p`` (a ``[out, in]`` matrix, input axis last) be served from its codes?"""
     if p.fmt.kind != "int" or len(p.shape) != 2 or p.axis != 1:
         return False
     n_in = p.shape[1]
@@ -36,24 +38,59 @@ def servable(p: Packed) -> bool:
     return n_in % block == 0 and (p.fmt.bits == 8 or block % 2 == 0)
 
 
-def _codes(p: Packed, rows: Int[Array, " r"] | None = None) -> tuple[Array, ...]:
-    """The codes as ``[rows, groups, k]`` integers (int8: one array; int4: the low and high nibbles,
-    i.e. the even and odd inputs), optionally only the given rows."""
-    n_out, n_in = p.shape
-    block = p.fmt.block or n_in
-    if p.fmt.bits == 8:
-        codes = p.codes.reshape(n_out, n_in // block, block)
-        return (codes if rows is None else codes[rows],)
-    b = p.codes.reshape(n_out, n_in // block, block // 2)
-    b = (b if rows is None else b[rows]).astype(jnp.int32)
-    lo, hi = b & 0xF, b >> 4
-    return lo - ((lo & 8) << 1), hi - ((hi & 8) << 1)  # sign-extend bit 3
+class Served(eqx.Module):
+    """A packed ``[out, in]`` matrix laid out for decoding: ``codes`` ``[out, in]`` int8 (int4: uint8
+    ``[out, in / 2]``, inputs 2m and 2m + 1 in byte m's low and high nibble), or ``[out, blocks,
+    block]`` (bytes) for a block format; ``scales`` ``[out]`` or ``[out, blocks]``, as stored.
+
+    The stored order is kept: the flat codes of :class:`arch.quant.Packed` are only reshaped, since
+    XLA's CPU compiler widens a flat int8 array before reshaping it (2.4x slower than from 2-D)."""
+
+    codes: Array
+    scales: Array
+    shape: tuple[int, int] = eqx.field(static=True)
+    bits: int = eqx.field(static=True)
+    block: int | None = eqx.field(static=True)
+
+    @staticmethod
+    def of(p: Packed) -> "Served":
+        if not servable(p):
+            raise ValueError(f"Served.of: a {p.fmt.name} tensor of shape {p.shape} (input axis {p.axis}) "
+                             f"cannot be served from its codes; see arch.decode.servable")
+        (n_out, n_in), block = p.shape, p.fmt.block
+        width = n_in if p.fmt.bits == 8 else n_in // 2
+        if block is None:
+            codes, scales = p.codes.reshape(n_out, width), p.scales.reshape(n_out)
+        else:
+            codes = p.codes.reshape(n_out, n_in // block, width * block // n_in)
+            scales = p.scales.reshape(n_out, n_in // block)
+        return Served(codes, scales, p.shape, p.fmt.bits, block)
+
+    def dense(self, dtype=jnp.float32) -> Float[Array, "o i"]:
+        """The dequantized matrix (a prefill's matmul)."""
+        return _widened(self, None).reshape(self.shape).astype(dtype)
 
 
-def _scales(p: Packed, rows=None) -> Float[Array, "r g"]:
-    n_out, n_in = p.shape
-    s = p.scales.reshape(n_out, n_in // (p.fmt.block or n_in)).astype(jnp.float32)
-    return s if rows is None else s[rows]
+def _codes(w: Served, rows: Int[Array, " r"] | None) -> tuple[Array, ...]:
+    """The codes of ``rows`` (all when None) as integers: int8 one array, int4 the low and high
+    nibbles (the even and odd inputs)."""
+    codes = w.codes if rows is None else w.codes[rows]
+    if w.bits == 8:
+        return (codes,)
+    b = jax.lax.bitcast_convert_type(codes, jnp.int8)  # arithmetic shifts sign-extend each nibble,
+    return (b << 4) >> 4, b >> 4  # in 8-bit lanes (widening to int32 first ran 3.5x slower)
+
+
+def _widened(w: Served, rows) -> Float[Array, "r ..."]:
+    """The dequantized rows, in the codes' layout (``[r, in]`` or ``[r, blocks, block]``), float32."""
+    codes = _codes(w, rows)
+    if len(codes) == 1:
+        x = codes[0].astype(jnp.float32)
+    else:
+        lo, hi = codes
+        x = jnp.stack([lo, hi], axis=-1).reshape(*lo.shape[:-1], -1).astype(jnp.float32)
+    scales = (w.scales if rows is None else w.scales[rows]).astype(jnp.float32)
+    return x * scales[..., None]
 
 
 def materialize(x: Array) -> Array:
@@ -67,11 +104,11 @@ def materialize(x: Array) -> Array:
     return jnp.zeros_like(flat).at[idx].set(flat, unique_indices=True).reshape(x.shape)
 
 
-def matvec(x: Float[Array, "... i"], w: "Float[Array, 'o i'] | Packed") -> Float[Array, "... o"]:
+def matvec(x: Float[Array, "... i"], w: "Float[Array, 'o i'] | Served") -> Float[Array, "... o"]:
     """``x @ w.T`` for a few rows of ``x`` (a decode step), f32 accumulation and result: a float
-    ``w`` in ``x``'s dtype, a :class:`Packed` one (:func:`servable`) from its codes."""
-    if isinstance(w, Packed):
-        return _packed_matvec(x, w)
+    ``w`` in ``x``'s dtype, a :class:`Served` one from its codes."""
+    if isinstance(w, Served):
+        return _served_matvec(x, w)
     w = w.astype(x.dtype)
     if w.shape[1] <= w.shape[0]:
         return jnp.matmul(x, w.T, preferred_element_type=jnp.float32)
@@ -79,45 +116,46 @@ def matvec(x: Float[Array, "... i"], w: "Float[Array, 'o i'] | Packed") -> Float
     return (w.astype(jnp.float32) * xs[..., None, :]).sum(-1)
 
 
-def _packed_matvec(x: Float[Array, "... i"], p: Packed) -> Float[Array, "... o"]:
-    """Reads ``p``'s codes once, widening each as it is read; the scales multiply partial sums."""
-    n_in = p.shape[1]
-    block = p.fmt.block or n_in
-    xs = materialize(x.astype(jnp.float32)).reshape(*x.shape[:-1], 1, n_in // block, block)
-    codes = _codes(p)
+def _served_matvec(x: Float[Array, "... i"], w: Served) -> Float[Array, "... o"]:
+    """Reads the codes once, widening each as it is read; the scales multiply partial sums.
+
+    A single row is reduced as ``codes [out, in] * x [in]``: with a unit leading axis
+    (``[1, out, in]``) XLA's CPU reduce of widened int8 ran 13x slower."""
+    lead, (n_out, n_in) = x.shape[:-1], w.shape
+    xs = materialize(x.astype(jnp.float32)).reshape(-1, n_in)
+    xs = xs[0] if xs.shape[0] == 1 else xs[:, None, :]
+    if w.block is not None:  # inputs as [..., blocks, block] against codes [out, blocks, block]
+        xs = xs.reshape(*xs.shape[:-1], n_in // w.block, w.block)
+    codes = _codes(w, None)
     if len(codes) == 1:
         part = (codes[0].astype(jnp.float32) * xs).sum(-1)
-    else:  # int4: byte m of a group holds inputs 2m (low nibble) and 2m + 1 (high nibble)
+    else:  # int4: byte m holds inputs 2m (low nibble) and 2m + 1 (high nibble)
         lo, hi = codes
         part = (lo.astype(jnp.float32) * xs[..., 0::2] + hi.astype(jnp.float32) * xs[..., 1::2]).sum(-1)
-    return (part * _scales(p)).sum(-1)
+    part = part * w.scales.astype(jnp.float32)
+    out = part if w.block is None else part.sum(-1)
+    return out.reshape(*lead, n_out)
 
 
-def rows(p: Packed, idx: Int[Array, "..."], dtype) -> Float[Array, "... i"]:
+def rows(w: Served, idx: Int[Array, "..."], dtype) -> Float[Array, "... i"]:
     """Rows ``idx`` of the dequantized matrix (an embedding lookup), reading only those rows."""
     flat = idx.reshape(-1)
-    codes = _codes(p, flat)
-    if len(codes) == 1:
-        w = codes[0].astype(jnp.float32)
-    else:
-        lo, hi = codes
-        w = jnp.stack([lo, hi], axis=-1).reshape(*lo.shape[:-1], -1).astype(jnp.float32)
-    w = (w * _scales(p, flat)[..., None]).reshape(flat.shape[0], -1)
-    return w.reshape(*idx.shape, -1).astype(dtype)
+    return _widened(w, flat).reshape(*idx.shape, w.shape[1]).astype(dtype)
 
 
 def decodable(packed, like=None):
-    """The model that serves ``packed`` (:func:`arch.quant.pack_model`) reading its codes: servable
-    matrices (:func:`servable`) stay :class:`Packed`, every other packed tensor is dequantized once to
-    bf16, the rest cast like :func:`arch.quant.unpack_model` does (to ``like``'s dtypes, else bf16).
-    ``model.cfg.weight_format`` must be None for it (the weights already are the served ones)."""
+    """The model that serves ``packed`` (:func:`arch.quant.pack_model`) from its codes: servable
+    matrices (:func:`servable`) become :class:`Served`, every other packed tensor is dequantized once,
+    the rest cast like :func:`arch.quant.unpack_model` does (to ``like``'s dtypes, else bf16). Its
+    ``cfg.weight_format`` must be None (the weights already are the served ones)."""
     is_packed = lambda x: isinstance(x, Packed)
 
     def one(x, ref=None):
+        dtype = jnp.bfloat16 if ref is None else ref.dtype
         if is_packed(x):
-            return x if servable(x) else unpack(x, jnp.bfloat16 if ref is None else ref.dtype)
+            return Served.of(x) if servable(x) else unpack(x, dtype)
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(jnp.bfloat16 if ref is None else ref.dtype)
+            return x.astype(dtype)
         return x
 
     if like is None:

@@ -10,7 +10,6 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 import arch.decode as decode
-from arch.quant import Packed, unpack
 from gemma_kernels import dot, dot_tn, physical_swap
 
 MATMUL_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -46,10 +45,10 @@ def matmul(x: Array, w: Array, matmul_dtype: str) -> Array:
     mixed-precision training on accelerators does; every product is laid out ``[m, k] @ [k, n]``.
     """
     lead = x.shape[:-1]
-    if isinstance(w, Packed):  # served from its codes (arch.decode)
+    if isinstance(w, decode.Served):  # a packed matrix read from its codes (arch.decode)
         if math.prod(lead) < MIN_ROWS:
             return decode.matvec(x, w).astype(x.dtype)
-        w = unpack(w, MATMUL_DTYPES[matmul_dtype])
+        w = w.dense(MATMUL_DTYPES[matmul_dtype])
     out_dtype = jnp.result_type(x.dtype, w.dtype)
     if MATMUL_DTYPES[matmul_dtype] == jnp.float32:
         return jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32).T).astype(out_dtype)

@@ -43,7 +43,7 @@ class LM(eqx.Module):
         self.cfg = cfg
 
     def embed_tokens(self, tokens: Tokens) -> Hidden:
-        if isinstance(self.embed, quant.Packed):  # served from its codes (arch.decode.decodable)
+        if isinstance(self.embed, decode.Served):  # read from its codes (arch.decode.decodable)
             x = decode.rows(self.embed, tokens, self.final_norm.weight.dtype)
         else:
             x = self.embed[tokens]

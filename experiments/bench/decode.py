@@ -34,9 +34,19 @@ fused copy of the cache with the new token written) is the fastest there is. XLA
 told to use its memory-optimised scheduler (``CPU_FLAGS``), which here both saves memory and runs
 the step about twice as fast.
 
+Against the bandwidth floor and the peer (``--speed``, issue-style table; 6 minutes): a step must
+read every weight and the cache once, so its floor is bytes read / read bandwidth, the bandwidth
+measured in the same run (:func:`read_bandwidth`). ``--formats`` times the weights as stored in other
+formats too (``int8``, ``int4``: served from their codes, :func:`arch.decode.decodable`; the cache
+stays bf16), and ``--peer`` times transformers (torch, bf16, ``sdpa`` and ``eager``) on the same
+shapes in its own process (:mod:`experiments.bench.decode_torch`). The table (ms per token, bytes
+read, GB/s, times the floor, transformers' best, our speed-up over it) is written to
+``figures/decode_speed.csv`` (``--update-figures``) and printed by
+``python -m experiments.sweeps.collect figures/decode_speed.csv``.
+
     python -m experiments.bench.decode [--presets published|small|NAME[:PATTERN],...]
         [--contexts 1024,2048,...] [--rounds 8] [--dtype bfloat16|float32] [--out figures]
-        [--json FILE]
+        [--formats bfloat16,int8,int4] [--peer] [--speed] [--update-figures] [--json FILE]
 
 ``--json`` also writes the timings (seconds per token, wall-clock and CPU, per model and context),
 the device and the memory figures: the device check (``scripts/device_check.sh``) reads it.
@@ -46,6 +56,9 @@ import argparse
 import gc
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,16 +66,23 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
+import pandas as pd
 
 import arch
+import arch.decode
+import arch.quant as quant
 from arch import memory
 from arch.cache import filled_cache, random_fill
+from arch.hf_layouts import config_to_hf
 from arch.params import abstract_model
 
 MODEL_SETS = {
     "published": ("gemma3_1b", "gemma3_1b:G", "recurrentgemma_2b"),
     "small": ("small_global", "small_gemma3", "small_recurrentgemma"),
+    "speed": ("gemma3_1b", "recurrentgemma_2b"),  # --speed: the bandwidth and peer table
 }
+SPEED = dict(presets="speed", contexts="1024,32768", formats="bfloat16,int8,int4")
+PEER_IMPLS = ("sdpa", "eager")
 CONTEXTS = (1024, 2048, 4096, 8192, 16384, 32768)
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 # XLA's CPU compiler widens bf16 weights to f32 temporaries for its matrix-vector products, and its
@@ -92,6 +112,62 @@ def random_model(cfg: arch.ModelConfig, dtype=jnp.bfloat16, *, seed: int = 0) ->
                 leaf = jnp.zeros(leaf.shape, dtype)
         out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def served_model(cfg: arch.ModelConfig, fmt: str, *, seed: int = 0) -> arch.LM:
+    """Random weights as served in ``fmt``: a float dtype, or a packed format read from its codes
+    (:func:`arch.decode.decodable`, every other array bf16)."""
+    if fmt in DTYPES:
+        return random_model(cfg, DTYPES[fmt], seed=seed)
+    packed = quant.pack_model(random_model(cfg, jnp.bfloat16, seed=seed), fmt, cfg.quant_targets)
+    return arch.decode.decodable(packed)
+
+
+def read_bandwidth(nbytes: int = 1 << 30, rounds: int = 5) -> float:
+    """Bytes per second of the fastest whole read of a bf16 array larger than any cache (its sum, which
+    XLA runs on every core): the floor's denominator, measured in the same process and run."""
+    a = jnp.ones((nbytes // 2,), jnp.bfloat16)
+    total = jax.jit(lambda a: a.astype(jnp.float32).sum())
+    jax.block_until_ready(total(a))
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        jax.block_until_ready(total(a))
+        best = min(best, time.perf_counter() - t0)
+    del a
+    return nbytes / best
+
+
+def peer_times(specs, contexts, rounds: int) -> dict:
+    """transformers' fastest step per model, attention implementation and context (bf16), timed by
+    :mod:`experiments.bench.decode_torch` in its own process, run from outside the repository."""
+    request = dict(contexts=list(contexts), rounds=rounds, impls=list(PEER_IMPLS),
+                   models=[dict(label=spec, dtype="bfloat16", hf_config=config_to_hf(model_config(spec)))
+                           for spec in specs])
+    script = Path(__file__).with_name("decode_torch.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, str(script)], input=json.dumps(request), cwd=tmp,
+                              capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"experiments.bench.decode_torch failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def speed_rows(timings: dict, peer: dict | None, contexts, bandwidth: float) -> list[dict]:
+    """One row per model, format and context: ms per token (wall-clock, fastest step), bytes read
+    (weights as stored + the whole cache at that context), GB/s, times the floor (bytes / bandwidth)
+    and, for bf16, transformers' best implementation and our speed-up over it."""
+    rows = []
+    for (spec, fmt), t in timings.items():
+        for i, ctx in enumerate(contexts):
+            secs, read = t["wall_s"][i], t["weight_bytes"] + t["cache_bytes"][i]
+            row = dict(label=f"{spec} {fmt}", context=ctx, ms_per_token=1e3 * secs, read_gb=read / 1e9,
+                       gb_per_s=read / secs / 1e9, x_floor=secs / (read / bandwidth))
+            if peer is not None and fmt == "bfloat16":
+                best = min(peer["models"][spec][impl]["wall_s"][i] for impl in PEER_IMPLS)
+                row.update(transformers_ms=1e3 * best, speedup=best / secs)
+            rows.append(row)
+    return rows
 
 
 @eqx.filter_jit
@@ -152,61 +228,100 @@ def plot(results: dict[str, list[float]], contexts, path: Path, title: str, info
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", default="published",
-                   help="'published', 'small', or a comma list of preset[:pattern]")
-    p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    p.add_argument("--presets", default=None,
+                   help="'published' (the default), 'small', 'speed', or a comma list of preset[:pattern]")
+    p.add_argument("--contexts", default=None, help=f"comma list (default {','.join(map(str, CONTEXTS))})")
     p.add_argument("--rounds", type=int, default=8, help="timed steps per context (fastest kept)")
-    p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES), help="weights and cache")
+    p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES), help="float weights and cache")
+    p.add_argument("--formats", default=None,
+                   help=f"comma list of weight formats to time: {tuple(DTYPES)} or {quant.FORMATS} "
+                        "(default: --dtype)")
+    p.add_argument("--peer", action="store_true", help="time transformers on the same shapes (bf16)")
+    p.add_argument("--speed", action="store_true",
+                   help=f"the bandwidth and peer table: {SPEED} and --peer unless given otherwise")
+    p.add_argument("--update-figures", action="store_true",
+                   help="with --speed: write the table to OUT/decode_speed.csv")
     p.add_argument("--out", type=Path, default=Path("figures"))
     p.add_argument("--json", type=Path, default=None, help="also write the timings here as JSON")
     args = p.parse_args(argv)
+    if args.speed:
+        args.presets = args.presets or SPEED["presets"]
+        args.contexts = args.contexts or SPEED["contexts"]
+        args.formats = args.formats or SPEED["formats"]
+        args.peer = True
+    args.presets = args.presets or "published"
     if "xla_cpu_scheduler_type" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}".strip()
     specs = MODEL_SETS.get(args.presets, args.presets.split(","))
-    contexts = [int(c) for c in args.contexts.split(",")]
-    dtype = DTYPES[args.dtype]
-    results, cpu, info = {}, {}, {}
+    contexts = [int(c) for c in (args.contexts or ",".join(map(str, CONTEXTS))).split(",")]
+    formats = (args.formats or args.dtype).split(",")
+    for fmt in formats:
+        if fmt not in DTYPES and fmt not in quant.FORMATS:
+            p.error(f"--formats: {fmt!r} is not one of {(*DTYPES, *quant.FORMATS)}")
+    cache_dtype = DTYPES[args.dtype]
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth (sum of a 1 GiB bf16 array, fastest of 5): {bandwidth / 1e9:.1f} GB/s", flush=True)
+    timings, info = {}, {}
     for spec in specs:
         cfg = model_config(spec, args.dtype)
         label = spec.replace(":", " pattern=")
-        t0 = time.perf_counter()
-        model = random_model(cfg, dtype)
-        results[label], cpu[label] = time_contexts(model, contexts, rounds=args.rounds, dtype=dtype)
-        weights = memory.weights_bytes(cfg, args.dtype)
-        kv = memory.cache_breakdown(cfg, contexts[-1], dtype=args.dtype)
-        info[label] = dict(pattern=cfg.pattern, weights=weights, global_cache=kv["global"])
-        print(f"  {label}: {time.perf_counter() - t0:.0f} s", flush=True)
-        del model
-        gc.collect()
+        info[label] = dict(pattern=cfg.pattern, weights=memory.weights_bytes(cfg, args.dtype),
+                           global_cache=memory.cache_breakdown(cfg, contexts[-1], dtype=args.dtype)["global"])
+        for fmt in formats:
+            t0 = time.perf_counter()
+            model = served_model(cfg, fmt)
+            wall, cpu = time_contexts(model, contexts, rounds=args.rounds, dtype=cache_dtype)
+            timings[spec, fmt] = dict(
+                wall_s=wall, cpu_s=cpu, weight_bytes=quant.packed_bytes(model),
+                cache_bytes=[memory.cache_bytes(cfg, c, dtype=args.dtype) for c in contexts])
+            print(f"  {label} {fmt}: {time.perf_counter() - t0:.0f} s", flush=True)
+            del model
+            gc.collect()
+    peer = peer_times(specs, contexts, args.rounds) if args.peer else None
 
     device = jax.devices()[0].device_kind
     last, first = f"{contexts[-1] // 1024}K", f"{contexts[0] // 1024}K"
-    head = f"{'model':<28}{'pattern':<8}" + "".join(f"{str(c // 1024) + 'K':>9}" for c in contexts)
+    head = f"{'model':<28}{'pattern':<8}{'format':<14}"
+    head += "".join(f"{str(c // 1024) + 'K':>9}" for c in contexts)
     head += f"{'ratio ' + last + '/' + first:>13}"
-    for title, table in (("wall-clock", results), ("CPU time of this process", cpu)):
-        print(f"\nms per decoded token, fastest of {args.rounds} ({title}), batch 1, {args.dtype} weights "
-              f"and cache, {device}")
+    for title, key in (("wall-clock", "wall_s"), ("CPU time of this process", "cpu_s")):
+        print(f"\nms per decoded token, fastest of {args.rounds} ({title}), batch 1, {args.dtype} cache, "
+              f"{device}")
         print(head + "\n" + "-" * len(head))
-        for label, secs in table.items():
-            row = f"{label:<28}{info[label]['pattern']:<8}" + "".join(f"{1e3 * s:>9.1f}" for s in secs)
+        for (spec, fmt), t in timings.items():
+            secs, label = t[key], spec.replace(":", " pattern=")
+            row = f"{label:<28}{info[label]['pattern']:<8}{fmt:<14}"
+            row += "".join(f"{1e3 * x:>9.1f}" for x in secs)
             print(row + f"{secs[-1] / secs[0]:>13.2f}")
     print(f"\n{'model':<28}{'weights GB':>11}{'global KV ' + last + ' GB':>17}{'KV/weights':>12}")
     for label, i in info.items():
         print(f"{label:<28}{_gb(i['weights']):>11}{_gb(i['global_cache']):>17}"
               f"{i['global_cache'] / i['weights']:>12.2f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    title = f"Single-token decode, batch 1, {args.dtype}, random weights ({device})"
-    path = args.out / ("decode_time.png" if args.presets == "published" else
-                       f"decode_time_{args.presets if args.presets in MODEL_SETS else 'custom'}.png")
-    plot(cpu, contexts, path, title, info)  # CPU time: robust to other processes taking the cores
-    print(f"\nwrote {path}")
+    speed = pd.DataFrame(speed_rows(timings, peer, contexts, bandwidth))
+    print(f"\nAgainst the floor (bytes read / {bandwidth / 1e9:.1f} GB/s)"
+          + (" and transformers (best of sdpa and eager, bf16, same shapes, own process)" if peer else ""))
+    print(speed.to_string(index=False, float_format="{:.2f}".format))
+    if args.speed and args.update_figures:
+        args.out.mkdir(parents=True, exist_ok=True)
+        speed.round(3).to_csv(args.out / "decode_speed.csv", index=False)
+        print(f"wrote {args.out / 'decode_speed.csv'}")
+    if not args.speed:
+        args.out.mkdir(parents=True, exist_ok=True)
+        title = f"Single-token decode, batch 1, {formats[0]}, random weights ({device})"
+        path = args.out / ("decode_time.png" if args.presets == "published" else
+                           f"decode_time_{args.presets if args.presets in MODEL_SETS else 'custom'}.png")
+        cpu = {spec.replace(":", " pattern="): t["cpu_s"] for (spec, fmt), t in timings.items()
+               if fmt == formats[0]}
+        plot(cpu, contexts, path, title, info)  # CPU time: robust to other processes taking the cores
+        print(f"\nwrote {path}")
     if args.json is not None:
-        models = {label: dict(info[label], wall_s=results[label], cpu_s=cpu[label]) for label in results}
+        models = {f"{spec.replace(':', ' pattern=')} {fmt}": dict(info[spec.replace(":", " pattern=")], **t)
+                  for (spec, fmt), t in timings.items()}
         record = dict(device=device, backend=jax.default_backend(), jax=jax.__version__, dtype=args.dtype,
-                      rounds=args.rounds, contexts=contexts, models=models)
+                      rounds=args.rounds, contexts=contexts, read_bandwidth=bandwidth, models=models,
+                      peer=peer)
         args.json.write_text(json.dumps(record, indent=1))
         print(f"wrote {args.json}")
-
 
 if __name__ == "__main__":
     main()

@@ -129,7 +129,15 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "float": ("float32", "{:.2f}".format, "{:.1f}".format),
             "ptq_cost": ("PTQ cost", "{:.2f}".format, "{:.2f}".format),
             "qat_cost": ("QAT cost", "{:.2f}".format, "{:.2f}".format),
-            "recovered": ("recovered by QAT", "{:.2f}".format, "{:.2f}".format)}
+            "recovered": ("recovered by QAT", "{:.2f}".format, "{:.2f}".format),
+            # the decode speed table (experiments.bench.decode --speed): per model, format and context
+            "context": ("context", lambda c: f"{c / 1024:.0f}K", str),
+            "ms_per_token": ("ms / token", "{:.1f}".format, str),
+            "read_gb": ("GB read / token", "{:.2f}".format, str),
+            "gb_per_s": ("GB/s", "{:.1f}".format, str),
+            "x_floor": ("x floor", "{:.2f}".format, str),
+            "transformers_ms": ("transformers ms", "{:.1f}".format, str),
+            "speedup": ("speed-up", "{:.2f}".format, str)}
 
 
 def markdown(df: pd.DataFrame) -> str:

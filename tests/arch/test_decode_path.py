@@ -44,12 +44,14 @@ def test_packed_matvec_and_rows_read_the_dequantized_matrix(fmt, shape):
     kw, kx = jax.random.split(jax.random.key(1))
     w = jax.random.normal(kw, shape)
     p = quant.pack(w, fmt)
-    assert decode.servable(p)
+    served = decode.Served.of(p)
     dense = np.asarray(quant.unpack(p), np.float64)
-    x = jax.random.normal(kx, (2, shape[1]))
-    assert rel_err(jax.jit(decode.matvec)(x, p), np.asarray(x, np.float64) @ dense.T) < 1e-5
+    np.testing.assert_allclose(served.dense(), dense, rtol=1e-6)
+    for n in (1, 2):  # one row takes its own reduce (arch.decode._served_matvec)
+        x = jax.random.normal(kx, (n, shape[1]))
+        assert rel_err(jax.jit(decode.matvec)(x, served), np.asarray(x, np.float64) @ dense.T) < 1e-5
     idx = jnp.array([[0, 5], [shape[0] - 1, 5]])
-    np.testing.assert_allclose(decode.rows(p, idx, jnp.float32), dense[np.asarray(idx)], rtol=1e-6)
+    np.testing.assert_allclose(decode.rows(served, idx, jnp.float32), dense[np.asarray(idx)], rtol=1e-6)
 
 
 def test_formats_the_codes_cannot_serve_are_dequantized():
@@ -57,6 +59,8 @@ def test_formats_the_codes_cannot_serve_are_dequantized():
     assert not decode.servable(quant.pack(w, "sfp8"))
     assert not decode.servable(quant.pack(w, "int4_block32"))  # rows of 40 straddle blocks of 32
     assert not decode.servable(quant.pack(jax.random.normal(jax.random.key(2), (2, 4, 4)), "int8", axis=1))
+    with pytest.raises(ValueError, match="sfp8 tensor of shape"):
+        decode.Served.of(quant.pack(w, "sfp8"))
 
 
 def _decode(model, tokens, cache, prefill: int):
@@ -84,8 +88,8 @@ def test_served_from_codes_decodes_the_dequantized_forward(name, fmt):
     packed = quant.pack_model(model, fmt)
     reference = quant.unpack_model(packed, model)
     served = decode.decodable(packed, model)
-    assert isinstance(served.embed, quant.Packed) and isinstance(served.blocks[0].mlp.down_proj.weight,
-                                                                 quant.Packed)
+    assert isinstance(served.embed, decode.Served)
+    assert isinstance(served.blocks[0].mlp.down_proj.weight, decode.Served)
     tokens = jax.random.randint(jax.random.key(1), (T,), 0, cfg.vocab_size)
     want = eqx.filter_jit(reference.__call__)(tokens)
     run = eqx.filter_jit(_decode)
