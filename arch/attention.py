@@ -29,6 +29,9 @@ class KVCache(eqx.Module):
     pos: Int[Array, " s"]
 
 
+VALUE_CHUNK = 64  # cache slots per chunk of the p @ v product (gemma_kernels.grouped_attention)
+
+
 def cache_slots(positions, size: int, ring: bool):
     """The slot each position is written to: ``position % size`` in a ring buffer (a local layer),
     the position itself in a global layer's cache (a position past its end is dropped on write).
@@ -46,7 +49,7 @@ def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Ar
     decoded token would cost more than the attention itself at 32K context."""
     mask = gemma_kernels.visible(q_pos, k_pos, window=window, causal=True)
     out = gemma_kernels.grouped_attention(q.astype(k.dtype), k, v, mask, softcap=softcap, scale=scale,
-                                          value_dtype=v.dtype)
+                                          value_dtype=v.dtype, value_chunk=VALUE_CHUNK)
     return out.astype(q.dtype)
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from arch.quant import Packed, unpack
+from gemma_kernels import materialize
 
 
 def servable(p: Packed) -> bool:
@@ -91,17 +92,6 @@ def _widened(w: Served, rows) -> Float[Array, "r ..."]:
         x = jnp.stack([lo, hi], axis=-1).reshape(*lo.shape[:-1], -1).astype(jnp.float32)
     scales = (w.scales if rows is None else w.scales[rows]).astype(jnp.float32)
     return x * scales[..., None]
-
-
-def materialize(x: Array) -> Array:
-    """``x`` itself, computed once into its own buffer: a scatter is a fusion boundary XLA keeps.
-
-    XLA's CPU compiler hands a multiply-and-reduce to a library fusion together with the elementwise
-    ops that produce its input, and that fusion evaluates them again for every tile of rows: a tanh
-    GELU feeding the MLP's down projection made the decode step's MLP 1.6x slower."""
-    flat = x.reshape(-1)
-    idx = jnp.arange(flat.shape[0])
-    return jnp.zeros_like(flat).at[idx].set(flat, unique_indices=True).reshape(x.shape)
 
 
 def matvec(x: Float[Array, "... i"], w: "Float[Array, 'o i'] | Served") -> Float[Array, "... o"]:

@@ -1,4 +1,5 @@
-"""Row-major transposes XLA's CPU backend cannot fold away, for its fast bf16 matmul path.
+"""Row-major transposes XLA's CPU backend cannot fold away, for its fast bf16 matmul path, and a
+fusion boundary it keeps (:func:`materialize`).
 
 XLA's CPU backend runs a bf16 x bf16 -> f32 dot on its fast (YNNPACK) path only when the product is
 laid out ``[..., m, k] @ [..., k, n]`` with both operands row-major; a ``jnp.swapaxes`` operand is
@@ -45,3 +46,14 @@ def dot_tn(a: Array, b: Array) -> Array:
     if a.shape[-1] <= b.shape[-1]:
         return dot(physical_swap(a), b)
     return physical_swap(dot(physical_swap(b), a))
+
+
+def materialize(x: Array) -> Array:
+    """``x`` itself, computed once into its own buffer: a scatter is a fusion boundary XLA keeps.
+
+    XLA's CPU compiler hands a multiply-and-reduce to a library fusion together with the elementwise
+    ops that produce its input, and that fusion evaluates them again for every tile of rows: a tanh
+    GELU feeding the MLP's down projection made the decode step's MLP 1.6x slower."""
+    flat = x.reshape(-1)
+    idx = jnp.arange(flat.shape[0])
+    return jnp.zeros_like(flat).at[idx].set(flat, unique_indices=True).reshape(x.shape)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from gemma_kernels.layout import materialize
 from gemma_kernels.masks import visible
 
 
@@ -64,23 +65,47 @@ def attention_reference(
     return grouped_attention(q, k, v, mask, softcap=softcap, scale=scale).astype(q.dtype)
 
 
+def _divisor_near(s: int, target: int) -> int | None:
+    """The divisor of ``s`` in ``[target / 2, 2 * target]`` closest to ``target``, if ``s > 2 * target``."""
+    if s <= 2 * target:
+        return None
+    near = [d for d in range(max(1, target // 2), 2 * target + 1) if s % d == 0]
+    return min(near, key=lambda d: abs(d - target), default=None)
+
+
 def grouped_attention(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"],
                       mask: Array, *, softcap: float | None, scale: float,
-                      value_dtype=jnp.float32) -> Float[Array, "t h e"]:
+                      value_dtype=jnp.float32, value_chunk: int | None = None) -> Float[Array, "t h e"]:
     """The maths of every dense attention here, under a ``[t, s]`` boolean ``mask``, in f32.
 
     ``q @ k`` takes the inputs' dtype and accumulates in f32; the softmax is f32; ``p @ v`` takes
     ``value_dtype`` (f32 for :func:`attention_reference`; a bf16 decode cache passes its own dtype, so
     it is streamed as stored, with no f32 copy of it) and accumulates in f32. Both products contract
-    straight from the ``[s, k, e]`` layout: no transposed copy of a (possibly long) cache."""
+    straight from the ``[s, k, e]`` layout: no transposed copy of a (possibly long) cache.
+    ``value_chunk``: with one KV head, contract ``p @ v`` in chunks of about that many slots (a divisor
+    of ``s`` within a factor of 2 of it; none: in one product), summed; the same values up to f32
+    summation order."""
     t, h, e = q.shape
     nkv = k.shape[1]
     qg = q.reshape(t, nkv, h // nkv, e)
     logits = jnp.einsum("tkge,ske->kgts", qg, k, preferred_element_type=jnp.float32) * scale
     p, denom = masked_softmax_weights(softcap_logits(logits, softcap), mask)
-    # [k, g, t, s] x [s, k, e] -> [k, g, t, e], batched over KV heads, contracting the slot axis
-    out = jax.lax.dot_general(p.astype(value_dtype), v.astype(value_dtype), (((3,), (0,)), ((0,), (1,))),
-                              preferred_element_type=jnp.float32) / denom
+    s = v.shape[0]
+    chunk = None if value_chunk is None or nkv > 1 else _divisor_near(s, value_chunk)
+    if chunk is not None:
+        # [g * t, c, chunk] x [c, chunk, e] -> [c, g * t, e], batched over chunks, then summed: XLA's CPU
+        # dot contracts one long slot axis at ~3.5 GB/s, short ones at ~2x that (a decode step over a 32K
+        # cache). One KV head only: the chunk axis must lead v for the product to read it in place.
+        c = s // chunk
+        # the softmax once (in f32: XLA's CPU scatter widens bf16), not again inside the product
+        p = materialize(p.reshape(-1, c, chunk)).astype(value_dtype)
+        v = v.astype(value_dtype).reshape(c, chunk, e)
+        out = jax.lax.dot_general(p, v, (((2,), (1,)), ((1,), (0,))), preferred_element_type=jnp.float32)
+        out = out.sum(0).reshape(1, h, t, e) / denom
+    else:
+        # [k, g, t, s] x [s, k, e] -> [k, g, t, e], batched over KV heads, contracting the slot axis
+        out = jax.lax.dot_general(p.astype(value_dtype), v.astype(value_dtype),
+                                  (((3,), (0,)), ((0,), (1,))), preferred_element_type=jnp.float32) / denom
     return out.transpose(2, 0, 1, 3).reshape(t, h, e)
 
 

@@ -11,6 +11,7 @@ import pytest
 import arch
 import arch.decode as decode
 import arch.quant as quant
+import gemma_kernels
 
 SERVED_FORMATS = ("int8", "int4", "int4_block32")
 
@@ -34,8 +35,8 @@ def test_matvec_forms_equal_the_matmul(shape, rows):
 
 def test_materialize_is_the_identity_with_its_gradient():
     x = jnp.arange(12.0).reshape(3, 4)
-    np.testing.assert_array_equal(decode.materialize(x), x)
-    np.testing.assert_array_equal(jax.grad(lambda v: (decode.materialize(v) * v).sum())(x), 2 * x)
+    np.testing.assert_array_equal(gemma_kernels.materialize(x), x)
+    np.testing.assert_array_equal(jax.grad(lambda v: (gemma_kernels.materialize(v) * v).sum())(x), 2 * x)
 
 
 @pytest.mark.parametrize("fmt", SERVED_FORMATS)
@@ -122,3 +123,19 @@ def test_packed_batch_decodes_as_its_sequences():
     for b in range(3):
         one = run(served, tokens[b], arch.init_cache(cfg, 12), prefill=3)
         assert rel_err(batched[b], one) < 1e-5
+
+
+@pytest.mark.parametrize(("s", "nkv", "t"), [(300, 1, 1), (293, 1, 1), (300, 1, 3), (300, 2, 1)],
+                         ids=["chunked", "prime-length", "three-queries", "two-kv-heads"])
+def test_chunked_value_product_equals_the_whole_one(s, nkv, t):
+    """``grouped_attention(value_chunk=...)`` (the decode step over a long cache) sums chunk products
+    to the single product's values; a length with no divisor near the chunk takes the single one."""
+    kq, kk, kv = jax.random.split(jax.random.key(4), 3)
+    q = jax.random.normal(kq, (t, 4, 16))
+    k = jax.random.normal(kk, (s, nkv, 16)).astype(jnp.bfloat16)
+    v = jax.random.normal(kv, (s, nkv, 16)).astype(jnp.bfloat16)
+    mask = gemma_kernels.visible(jnp.arange(s - t, s), jnp.arange(s) - 7)  # a few empty slots
+    kw = dict(softcap=None, scale=0.25, value_dtype=jnp.bfloat16)
+    whole = gemma_kernels.grouped_attention(q.astype(k.dtype), k, v, mask, **kw)
+    chunked = gemma_kernels.grouped_attention(q.astype(k.dtype), k, v, mask, value_chunk=32, **kw)
+    assert rel_err(chunked, whole) < 1e-5
