@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from arch.quant import Packed, unpack
+from arch.quant import Packed, unpack_model
 from gemma_kernels import materialize
 
 
@@ -135,19 +135,9 @@ def rows(w: Served, idx: Int[Array, "..."], dtype) -> Float[Array, "... i"]:
 
 def decodable(packed, like=None):
     """The model that serves ``packed`` (:func:`arch.quant.pack_model`) from its codes: servable
-    matrices (:func:`servable`) become :class:`Served`, every other packed tensor is dequantized once,
-    the rest cast like :func:`arch.quant.unpack_model` does (to ``like``'s dtypes, else bf16). Its
-    ``cfg.weight_format`` must be None (the weights already are the served ones)."""
-    is_packed = lambda x: isinstance(x, Packed)
-
-    def one(x, ref=None):
-        dtype = jnp.bfloat16 if ref is None else ref.dtype
-        if is_packed(x):
-            return Served.of(x) if servable(x) else unpack(x, dtype)
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(dtype)
-        return x
-
-    if like is None:
-        return jax.tree_util.tree_map(one, packed, is_leaf=is_packed)
-    return jax.tree_util.tree_map(one, packed, like, is_leaf=is_packed)
+    matrices (:func:`servable`) become :class:`Served`, the rest as :func:`arch.quant.unpack_model`
+    gives it (in ``like``'s dtypes, else bf16). Its ``cfg.weight_format`` must be None (the weights
+    already are the served ones)."""
+    model = unpack_model(packed, like, dtype=jnp.bfloat16, keep=servable)
+    return jax.tree_util.tree_map(lambda x: Served.of(x) if isinstance(x, Packed) else x, model,
+                                  is_leaf=lambda x: isinstance(x, Packed))

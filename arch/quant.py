@@ -297,16 +297,17 @@ def pack_model(model, fmt: "str | Format | None", targets=TARGETS):
                                   is_leaf=lambda x: isinstance(x, Packed))
 
 
-def unpack_model(packed, like=None):
+def unpack_model(packed, like=None, *, dtype=jnp.float32, keep=None):
     """A float model back from :func:`pack_model`: every floating array (matrices dequantized) in the
-    dtype of the same leaf of ``like``, or in float32 without it."""
+    dtype of the same leaf of ``like``, or in ``dtype`` without it. ``keep``: a predicate on the
+    :class:`Packed` matrices to leave packed (served from their codes, :func:`arch.decode.decodable`)."""
     is_packed = lambda x: isinstance(x, Packed)
 
     def one(x, ref=None):
-        dtype = jnp.float32 if ref is None else ref.dtype
+        to = dtype if ref is None else ref.dtype
         if is_packed(x):
-            return unpack(x, dtype)
-        return x.astype(dtype) if _is_float(x) else x
+            return x if keep is not None and keep(x) else unpack(x, to)
+        return x.astype(to) if _is_float(x) else x
 
     if like is None:
         return jax.tree_util.tree_map(one, packed, is_leaf=is_packed)
