@@ -14,7 +14,7 @@ import gemma_kernels
 from arch.config import ModelConfig
 from arch.linear import Linear
 from arch.masks import kernel_window
-from arch.mixer import AbstractMixer
+from arch.mixer import AbstractMixer, ImageLayout
 from arch.norms import RMSNorm
 from arch.rope import apply_rope
 from arch.typing import Hidden, Positions
@@ -41,13 +41,15 @@ def cache_slots(positions, size: int, ring: bool):
 
 def attend_cache(q: Float[Array, "t h e"], k: Float[Array, "s k e"], v: Float[Array, "s k e"], *,
                  q_pos: Int[Array, " t"], k_pos: Int[Array, " s"], window: int | None,
-                 softcap: float | None, scale: float) -> Float[Array, "t h e"]:
+                 softcap: float | None, scale: float, q_image: Int[Array, " t"] | None = None,
+                 k_image: Int[Array, " s"] | None = None) -> Float[Array, "t h e"]:
     """Causal grouped-query attention of a chunk over cache slots, read in the cache's own dtype:
     :func:`gemma_kernels.grouped_attention` (the reference's maths and mask, identical for an f32
     cache) with both products taking the cache dtype as inputs (``q`` and the softmax weights are cast
     to it; they are a few values per head). A bf16 cache is streamed as stored: an f32 copy of it per
-    decoded token would cost more than the attention itself at 32K context."""
-    mask = gemma_kernels.visible(q_pos, k_pos, window=window, causal=True)
+    decoded token would cost more than the attention itself at 32K context. ``q_image`` / ``k_image``:
+    the image each query and slot belongs to (-1: text), for a prefill chunk holding images."""
+    mask = gemma_kernels.visible(q_pos, k_pos, window=window, causal=True, q_image=q_image, k_image=k_image)
     out = gemma_kernels.grouped_attention(q.astype(k.dtype), k, v, mask, softcap=softcap, scale=scale,
                                           value_dtype=v.dtype, value_chunk=VALUE_CHUNK)
     return out.astype(q.dtype)
@@ -104,14 +106,15 @@ class Attention(AbstractMixer):
         rope = dict(base=self.rope_base, rotary_dim=self.rotary_dim, scale=self.rope_scale)
         return apply_rope(q, positions, **rope), apply_rope(k, positions, **rope), v
 
-    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
-                 ) -> Hidden:
+    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None,
+                 images: ImageLayout | None = None) -> Hidden:
         q, k, v = self._qkv(x, positions)
         if self.matmul_bf16:  # the attention products in bf16 too (f32 accumulation and softmax)
             q, k, v = (a.astype(jnp.bfloat16) for a in (q, k, v))
         out = gemma_kernels.attention(
             q, k, v, window=kernel_window(self.window, self.causal), causal=self.causal,
             softcap=self.softcap, scale=self.scale, segment_ids=segment_ids, impl=self.impl,
+            **({} if images is None else dict(image_ids=images.ids, image_span=images.span)),
         )
         return self.o_proj(out.reshape(*x.shape[:-1], -1))
 
@@ -121,7 +124,8 @@ class Attention(AbstractMixer):
         empty = jnp.full((size,), -1, jnp.int32)  # -1: nothing stored yet, never visible
         return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), pos=empty)
 
-    def step(self, x: Hidden, positions: Positions, cache: KVCache) -> tuple[Hidden, KVCache]:
+    def step(self, x: Hidden, positions: Positions, cache: KVCache, *, images: ImageLayout | None = None
+             ) -> tuple[Hidden, KVCache]:
         """Prefill a chunk or decode a token against the cache.
 
         When writing the chunk first cannot evict a key that one of its queries still sees (a global
@@ -129,6 +133,9 @@ class Attention(AbstractMixer):
         chunk is written and the queries attend over the cache alone: no copy of the cache per step.
         A longer chunk on a ring buffer attends over cache + chunk before writing, so early queries
         keep the keys that later tokens of the same chunk overwrite.
+
+        ``images``: the chunk's image ids; an image must lie whole inside one chunk (the cache keeps no
+        image ids, so an earlier chunk's tokens cannot see ahead into this one).
         """
         if not self.causal:
             raise ValueError("a bidirectional (causal=False) model has no decode step: it is an encoder")
@@ -148,6 +155,13 @@ class Attention(AbstractMixer):
             keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)])
             values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)])
             k_pos = jnp.concatenate([cache.pos, positions.astype(jnp.int32)])
+        seen = {}
+        if images is not None:  # slots written before this chunk hold no image of it: -1
+            if self.window is None or t == 1:
+                k_image = jnp.full((size,), -1, jnp.int32).at[slots].set(images.ids[-keep:], mode="drop")
+            else:
+                k_image = jnp.concatenate([jnp.full((size,), -1, jnp.int32), images.ids.astype(jnp.int32)])
+            seen = dict(q_image=images.ids, k_image=k_image)
         out = attend_cache(q, keys, values, q_pos=positions, k_pos=k_pos, window=self.window,
-                           softcap=self.softcap, scale=self.scale)
+                           softcap=self.softcap, scale=self.scale, **seen)
         return self.o_proj(out.reshape(t, -1)), written

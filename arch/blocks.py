@@ -11,7 +11,7 @@ from jaxtyping import Array, Int, PRNGKeyArray
 
 from arch.attention import Attention
 from arch.config import ModelConfig
-from arch.mixer import AbstractMixer
+from arch.mixer import AbstractMixer, ImageLayout
 from arch.mlp import GatedMLP
 from arch.norms import RMSNorm
 from arch.rglru import RecurrentMixer
@@ -52,11 +52,12 @@ class ResidualBlock(eqx.Module):
     def _residual(self, x: Hidden, y: Hidden) -> Hidden:
         return x + (y if self.post_mixer_norm is None else self.post_mixer_norm(y))
 
-    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
-                 ) -> Hidden:
-        x = self._residual(x, self.mixer(self.pre_mixer_norm(x), positions, segment_ids=segment_ids))
-        return self._mlp(x)
+    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None,
+                 images: ImageLayout | None = None) -> Hidden:
+        y = self.mixer(self.pre_mixer_norm(x), positions, segment_ids=segment_ids, images=images)
+        return self._mlp(self._residual(x, y))
 
-    def step(self, x: Hidden, positions: Positions, cache: eqx.Module) -> tuple[Hidden, eqx.Module]:
-        y, cache = self.mixer.step(self.pre_mixer_norm(x), positions, cache)
+    def step(self, x: Hidden, positions: Positions, cache: eqx.Module, *, images: ImageLayout | None = None
+             ) -> tuple[Hidden, eqx.Module]:
+        y, cache = self.mixer.step(self.pre_mixer_norm(x), positions, cache, images=images)
         return self._mlp(self._residual(x, y)), cache

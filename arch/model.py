@@ -15,6 +15,7 @@ import arch.quant as quant
 from arch.blocks import ResidualBlock
 from arch.config import ModelConfig
 from arch.linear import Linear, matmul
+from arch.mixer import ImageLayout
 from arch.norms import RMSNorm
 from arch.typing import Hidden, Logits, Tokens
 
@@ -79,10 +80,14 @@ class LM(eqx.Module):
         return self.served()._hidden(tokens, segment_ids)
 
     def _hidden(self, tokens: Tokens, segment_ids) -> Hidden:
-        positions = jnp.arange(tokens.shape[-1])
-        x = self.embed_tokens(tokens)
+        return self.blocks_forward(self.embed_tokens(tokens), segment_ids=segment_ids)
+
+    def blocks_forward(self, x: Hidden, *, segment_ids: Int[Array, " t"] | None = None,
+                       images: ImageLayout | None = None) -> Hidden:
+        """Every block over embedded inputs ``[t, d]`` or ``[b, t, d]`` (positions ``0 .. t - 1``)."""
+        positions = jnp.arange(x.shape[-2])
         for block in self.blocks:
-            x = block(x, positions, segment_ids=segment_ids)
+            x = block(x, positions, segment_ids=segment_ids, images=images)
         return x
 
     def __call__(self, tokens: Tokens, *, segment_ids: Int[Array, " t"] | None = None) -> Logits:
@@ -104,10 +109,14 @@ class LM(eqx.Module):
         if not self.cfg.causal:
             raise ValueError("ModelConfig.causal=False: a bidirectional encoder cannot be decoded")
         model = self.served()
-        positions = cache.pos + jnp.arange(tokens.shape[0], dtype=jnp.int32)
-        x = model.embed_tokens(tokens)
+        return model.blocks_step(model.embed_tokens(tokens), cache)
+
+    def blocks_step(self, x: Hidden, cache: Cache, *, images: ImageLayout | None = None
+                    ) -> tuple[Logits, Cache]:
+        """:meth:`step` from embedded inputs ``[t, d]`` (of a served model: see :meth:`served`)."""
+        positions = cache.pos + jnp.arange(x.shape[0], dtype=jnp.int32)
         new_layers = []
-        for block, layer_cache in zip(model.blocks, cache.layers):
-            x, layer_cache = block.step(x, positions, layer_cache)
+        for block, layer_cache in zip(self.blocks, cache.layers):
+            x, layer_cache = block.step(x, positions, layer_cache, images=images)
             new_layers.append(layer_cache)
-        return model.logits(x), Cache(layers=tuple(new_layers), pos=cache.pos + tokens.shape[0])
+        return self.logits(x), Cache(layers=tuple(new_layers), pos=cache.pos + x.shape[0])

@@ -20,7 +20,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 import gemma_kernels
 from arch.config import ModelConfig
 from arch.linear import Linear, activation
-from arch.mixer import AbstractMixer
+from arch.mixer import AbstractMixer, ImageLayout
 from arch.typing import Hidden, Positions, Recurrent
 
 SQRT_MAX_GRAD = 1000.0  # RecurrentGemma clips d sqrt(x)/dx here for bf16 stability
@@ -149,9 +149,10 @@ class RecurrentMixer(AbstractMixer):
         h, h_last = self.rg_lru(xb, reset, None if state is None else state.h)
         return h, ConvState(conv=tail, h=h_last)
 
-    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None
-                 ) -> Hidden:
-        """One sequence ``[t, d]`` or a batch ``[b, t, d]`` (projections over the whole batch)."""
+    def __call__(self, x: Hidden, positions: Positions, *, segment_ids: Int[Array, " t"] | None = None,
+                 images: ImageLayout | None = None) -> Hidden:
+        """One sequence ``[t, d]`` or a batch ``[b, t, d]`` (projections over the whole batch). Image
+        tokens are read in order like any other (``images`` changes nothing here)."""
         y_branch = activation(self.activation)(self.linear_y(x))
         recur = lambda xb, seg: self._recur(xb, positions, None, seg)[0]
         if x.ndim == 3:
@@ -162,7 +163,8 @@ class RecurrentMixer(AbstractMixer):
         w, r = self.conv_weight.shape
         return ConvState(conv=jnp.zeros((w - 1, r), dtype), h=jnp.zeros((r,), jnp.float32))
 
-    def step(self, x: Hidden, positions: Positions, cache: ConvState) -> tuple[Hidden, ConvState]:
+    def step(self, x: Hidden, positions: Positions, cache: ConvState, *, images: ImageLayout | None = None
+             ) -> tuple[Hidden, ConvState]:
         y_branch = activation(self.activation)(self.linear_y(x))
         h, state = self._recur(self.linear_x(x), positions, cache)
         return self.linear_out(h * y_branch), ConvState(conv=state.conv.astype(cache.conv.dtype), h=state.h)
