@@ -7,6 +7,7 @@ from arch.embedding import EmbeddingModel
 from arch.hf import from_hf, to_hf
 from arch.masks import visible
 from arch.model import LM
+from arch.multimodal import MultimodalLM
 from arch.params import count_params
 from arch.presets import PRESETS, VISION_PRESETS, preset, vision_preset
 from arch.reconfigure import reconfigure as reconfigure  # same weights, new config (arch.reconfigure)
@@ -19,6 +20,7 @@ __all__ = [
     "Cache",
     "EmbeddingModel",
     "ModelConfig",
+    "MultimodalLM",
     "VisionConfig",
     "VisionTower",
     "count_params",

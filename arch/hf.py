@@ -3,14 +3,17 @@
 
 Layouts (transformers 5.x; names in :mod:`arch.hf_layouts`): a directory with ``config.json`` and
 ``model.safetensors`` (or shards listed by ``model.safetensors.index.json``) for ``Gemma2ForCausalLM``,
-``Gemma3ForCausalLM``, ``Gemma3TextModel``, ``Gemma3ForConditionalGeneration`` (text part only) and
+``Gemma3ForCausalLM``, ``Gemma3TextModel``, ``Gemma3ForConditionalGeneration`` (a whole
+:class:`arch.multimodal.MultimodalLM`: text model, vision tower and projector; :mod:`arch.hf_vision`) and
 ``RecurrentGemmaForCausalLM``; a sentence-transformers folder (``modules.json``: Transformer at the root,
 ``1_Pooling``, ``N_Dense`` with ``linear.weight``, ``Normalize``) for EmbeddingGemma.
 
 Every Linear is stored ``[out, in]`` as in HF, so tensors load as they are, except the RecurrentGemma
-Conv1D (HF ``conv_1d.weight [r, 1, w]``, ours ``conv_weight [w, r]``). Loading reads safetensors only
-(never pickle), checks every name and shape from the file headers before reading any data, reads
-shard by shard, converts each tensor to ``dtype`` as it is read and places it into the abstract model.
+Conv1D (HF ``conv_1d.weight [r, 1, w]``, ours ``conv_weight [w, r]``) and the image projection (HF
+``mm_input_projection_weight [vision, text]``, ours ``[text, vision]`` like every Linear). Loading reads
+safetensors only (never pickle), checks every name and shape from the file headers before reading any
+data, reads shard by shard, converts each tensor to ``dtype`` as it is read and places it into the
+abstract model.
 """
 
 import json
@@ -29,8 +32,16 @@ from safetensors.numpy import save_file
 from arch.config import ModelConfig
 from arch.embedding import EmbeddingModel
 from arch.hf_layouts import LAYOUTS, architecture, config_from_hf, config_to_hf, family_of, hf_name
+from arch.hf_vision import (
+    PROJECTION,
+    hf_vision_name,
+    image_tokens_from_hf,
+    vision_config_from_hf,
+    vision_config_to_hf,
+)
 from arch.model import LM
-from arch.params import abstract_model
+from arch.multimodal import MultimodalLM
+from arch.params import abstract_model, flat_paths
 
 __all__ = ["config_from_hf", "config_to_hf", "from_hf", "to_hf"]
 
@@ -38,30 +49,30 @@ Sharding = jax.sharding.Sharding | Callable[[str, tuple[int, ...]], jax.sharding
 INDEX = "model.safetensors.index.json"
 
 
-def _key(k) -> str:
-    return str(k.name if hasattr(k, "name") else k.idx if hasattr(k, "idx") else k.key)
-
-
-def _flat(tree) -> tuple[list[tuple[str, object]], object]:
-    """``[(dotted leaf path, leaf)]`` in tree order, and the treedef."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return [(".".join(_key(k) for k in path), leaf) for path, leaf in flat], treedef
-
-
 def _is_conv(path: str) -> bool:
     return path.endswith("conv_weight")
 
 
+def _is_projection(path: str) -> bool:
+    return path.endswith(PROJECTION)
+
+
 def _hf_shape(path: str, shape: tuple) -> tuple:
-    return (shape[1], 1, shape[0]) if _is_conv(path) else tuple(shape)
+    if _is_conv(path):
+        return (shape[1], 1, shape[0])
+    return tuple(shape[::-1]) if _is_projection(path) else tuple(shape)
 
 
 def _to_ours(path: str, x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x[:, 0, :].T) if _is_conv(path) else x
+    if _is_conv(path):
+        return np.ascontiguousarray(x[:, 0, :].T)
+    return np.ascontiguousarray(x.T) if _is_projection(path) else x
 
 
 def _to_hf(path: str, x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.T[:, None, :]) if _is_conv(path) else x
+    if _is_conv(path):
+        return np.ascontiguousarray(x.T[:, None, :])
+    return np.ascontiguousarray(x.T) if _is_projection(path) else x
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -106,7 +117,7 @@ def _place(x: np.ndarray, name: str, sharding: Sharding):
 
 def _load(abstract, names: dict[str, str], have: dict, *, ignore=(), where: Path, dtype, sharding):
     """Fill ``abstract`` (ShapeDtypeStruct leaves) from the tensors ``names[leaf path]``, shard by shard."""
-    flat, treedef = _flat(abstract)
+    flat, treedef = flat_paths(abstract)
     _check({names[p]: _hf_shape(p, leaf.shape) for p, leaf in flat}, have, ignore, where)
     slot = {names[p]: (i, p) for i, (p, _) in enumerate(flat)}
     by_file: dict[Path, list[str]] = {}
@@ -133,12 +144,14 @@ def _pick_layout(arch: str, have: dict) -> tuple[str, str]:
 
 def _lm_names(cfg: ModelConfig, abstract, prefix: str, head: str) -> dict[str, str]:
     family = family_of(cfg)
-    return {p: hf_name(p, family, prefix, head) for p, _ in _flat(abstract)[0]}
+    return {p: hf_name(p, family, prefix, head) for p, _ in flat_paths(abstract)[0]}
 
 
-def from_hf(path, *, dtype=None, sharding: Sharding = None) -> LM | EmbeddingModel:
-    """Load a Hugging Face checkpoint directory (see the module docstring) as an ``LM`` or, for a
-    sentence-transformers folder, an ``EmbeddingModel``.
+def from_hf(path, *, dtype=None, sharding: Sharding = None, text_only: bool = False
+            ) -> LM | EmbeddingModel | MultimodalLM:
+    """Load a Hugging Face checkpoint directory (see the module docstring) as an ``LM``, a
+    ``MultimodalLM`` (``Gemma3ForConditionalGeneration``; ``text_only=True``: its ``LM`` alone, the
+    vision tensors never read) or, for a sentence-transformers folder, an ``EmbeddingModel``.
 
     ``dtype``: convert every tensor to it as it is read (None keeps the stored dtype). ``sharding``: a
     ``jax.sharding.Sharding`` for every tensor, or ``fn(hf_name, shape) -> Sharding | None``.
@@ -150,9 +163,36 @@ def from_hf(path, *, dtype=None, sharding: Sharding = None) -> LM | EmbeddingMod
     cfg, arch = config_from_hf(hf), architecture(hf)
     have = _index(folder)
     prefix, head = _pick_layout(arch, have)
+    if arch == "Gemma3ForConditionalGeneration" and not text_only:
+        return _from_multimodal(folder, hf, cfg, have, prefix, head, dtype=dtype, sharding=sharding)
     abstract = abstract_model(cfg)
     return _load(abstract, _lm_names(cfg, abstract, prefix, head), have, ignore=LAYOUTS[arch].ignore,
                  where=folder, dtype=dtype, sharding=sharding)
+
+
+def _multimodal_names(model: MultimodalLM, prefix: str, head: str, root: str, tower: str) -> dict[str, str]:
+    """Leaf path -> HF name: ``lm.*`` as the text model's (``prefix``, ``head``), ``vision.*`` as the
+    tower's (``tower``: the encoder's prefix) and the projector's (under ``root``)."""
+    family = family_of(model.cfg)
+    names = {}
+    for p, _ in flat_paths(model)[0]:
+        part, _, rest = p.partition(".")
+        names[p] = hf_name(rest, family, prefix, head) if part == "lm" else hf_vision_name(rest, root, tower)
+    return names
+
+
+def _from_multimodal(folder: Path, hf: dict, cfg: ModelConfig, have: dict, prefix: str, head: str, *,
+                     dtype, sharding) -> MultimodalLM:
+    vision, _ = vision_config_from_hf(hf)
+    abstract = eqx.filter_eval_shape(MultimodalLM, cfg, vision, **image_tokens_from_hf(hf),
+                                     key=jax.random.key(0))
+    root = "model." if prefix.startswith("model.") else ""
+    tower = next((t for t in (f"{root}vision_tower.vision_model.", f"{root}vision_tower.")
+                  if f"{t}embeddings.position_embedding.weight" in have), f"{root}vision_tower.")
+    # SigLIP's attention-pooling head is not part of Gemma 3 (vision_use_head=False); never read
+    names = _multimodal_names(abstract, prefix, head, root, tower)
+    return _load(abstract, names, have, ignore=(tower + "head.",), where=folder, dtype=dtype,
+                 sharding=sharding)
 
 
 def _st_modules(folder: Path) -> dict:
@@ -243,19 +283,41 @@ def _write_lm(lm: LM, folder: Path, *, arch_prefix: str, dtype, max_shard_bytes:
     leaf_dtype = dtype if dtype is not None else lm.embed.dtype
     hf["dtype"] = str(np.dtype(leaf_dtype))
     names = _lm_names(lm.cfg, lm, arch_prefix, "lm_head.weight")
-    _write(folder, [(names[p], p, x) for p, x in _flat(lm)[0]], dtype, max_shard_bytes)
+    _write(folder, [(names[p], p, x) for p, x in flat_paths(lm)[0]], dtype, max_shard_bytes)
     _write_json(folder / "config.json", hf)
 
 
-def to_hf(model: LM | EmbeddingModel, path, *, dtype=None, max_shard_bytes: int = 5 * 2**30) -> None:
+def to_hf(model: LM | EmbeddingModel | MultimodalLM, path, *, dtype=None,
+          max_shard_bytes: int = 5 * 2**30) -> None:
     """Write ``model`` in the layout ``from_hf`` reads: an ``LM`` as ``Gemma2ForCausalLM``,
-    ``Gemma3ForCausalLM`` (``Gemma3TextModel`` when bidirectional) or ``RecurrentGemmaForCausalLM``; an
-    ``EmbeddingModel`` as a sentence-transformers folder (add the tokenizer files yourself)."""
+    ``Gemma3ForCausalLM`` (``Gemma3TextModel`` when bidirectional) or ``RecurrentGemmaForCausalLM``; a
+    ``MultimodalLM`` as ``Gemma3ForConditionalGeneration`` (transformers 5 names); an ``EmbeddingModel``
+    as a sentence-transformers folder (add the tokenizer files yourself)."""
     folder = Path(path)
+    if isinstance(model, MultimodalLM):
+        return _write_multimodal(model, folder, dtype=dtype, max_shard_bytes=max_shard_bytes)
     if isinstance(model, EmbeddingModel):
         return _write_sentence_transformers(model, folder, dtype=dtype, max_shard_bytes=max_shard_bytes)
     prefix = "" if not model.cfg.causal else "model."
     _write_lm(model, folder, arch_prefix=prefix, dtype=dtype, max_shard_bytes=max_shard_bytes)
+
+
+def _write_multimodal(model: MultimodalLM, folder: Path, *, dtype, max_shard_bytes: int) -> None:
+    if family_of(model.cfg) != "gemma3":
+        raise ValueError("to_hf(MultimodalLM): the text model must be a Gemma 3 (qk_norm=True, no R layers), "
+                         "the only one Gemma3ForConditionalGeneration holds")
+    text = {**config_to_hf(model.cfg), "model_type": "gemma3_text"}
+    text.pop("architectures")
+    vision = model.vision_cfg
+    hf = dict(architectures=["Gemma3ForConditionalGeneration"], model_type="gemma3", text_config=text,
+              vision_config=vision_config_to_hf(vision), mm_tokens_per_image=vision.soft_tokens,
+              image_token_index=model.image_token, boi_token_index=model.boi_token,
+              eoi_token_index=model.eoi_token, tie_word_embeddings=model.cfg.tie_embeddings,
+              dtype=str(np.dtype(dtype if dtype is not None else model.lm.embed.dtype)))
+    names = _multimodal_names(model, "model.language_model.", "lm_head.weight", root="model.",
+                              tower="model.vision_tower.")
+    _write(folder, [(names[p], p, x) for p, x in flat_paths(model)[0]], dtype, max_shard_bytes)
+    _write_json(folder / "config.json", hf)
 
 
 def _write_sentence_transformers(model: EmbeddingModel, folder: Path, *, dtype, max_shard_bytes) -> None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.hf import _flat
+from arch.params import flat_paths
 from arch.vision import VisionConfig, VisionTower
 
 PROJECTION = "projector.mm_input_projection.weight"
@@ -48,6 +48,28 @@ def vision_config_from_hf(hf: dict) -> tuple[VisionConfig, int]:
     return cfg, text["hidden_size"]
 
 
+def vision_config_to_hf(cfg: VisionConfig) -> dict:
+    """The ``vision_config`` dict of a ``Gemma3Config`` for ``cfg`` (SigLIP without its pooling head)."""
+    act = {ours: theirs for theirs, ours in _ACTIVATIONS.items()}
+    return dict(model_type="siglip_vision_model", hidden_size=cfg.width, intermediate_size=cfg.mlp_width,
+                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                num_channels=cfg.channels,
+                image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_act=act[cfg.mlp_activation],
+                layer_norm_eps=cfg.norm_eps, vision_use_head=False)
+
+
+def image_tokens_from_hf(hf: dict) -> dict[str, int]:
+    """``{image_token, boi_token, eoi_token}`` of a ``Gemma3Config`` dict (``*_token_index``)."""
+    out = {}
+    for ours, theirs in (("image_token", "image_token_index"), ("boi_token", "boi_token_index"),
+                         ("eoi_token", "eoi_token_index")):
+        value = hf.get(theirs, hf.get(theirs.replace("_index", "_id")))
+        if value is None:
+            raise ValueError(f"Gemma3Config has no {theirs}: the token ids of images are needed to read them")
+        out[ours] = int(value)
+    return out
+
+
 def hf_vision_name(path: str, prefix: str, tower: str) -> str:
     """Our dotted leaf path -> the HF tensor name (``tower``: the encoder's prefix)."""
     head, _, rest = path.partition(".")
@@ -70,7 +92,7 @@ def vision_from_hf(tensors: Mapping[str, np.ndarray], hf_config: dict, *, dtype=
     is checked before any array is placed; text tensors are ignored."""
     cfg, text_width = vision_config_from_hf(hf_config)
     abstract = eqx.filter_eval_shape(VisionTower, cfg, text_width, key=jax.random.key(0))
-    leaves, treedef = _flat(abstract)
+    leaves, treedef = flat_paths(abstract)
     prefix = next((p for p in _PREFIXES if f"{p}multi_modal_projector.mm_input_projection_weight" in tensors),
                   None)
     if prefix is None:

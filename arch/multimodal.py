@@ -69,7 +69,7 @@ class MultimodalLM(eqx.Module):
         return image_prompt(boi=self.boi_token, image_token=self.image_token, eoi=self.eoi_token,
                             soft_tokens=self.vision_cfg.soft_tokens)
 
-    def _check(self, tokens: Tokens, images) -> None:
+    def check_images(self, tokens: Tokens, images) -> None:
         """Placeholders and images must agree (checked whenever the tokens are concrete)."""
         n = 0 if images is None else images.shape[-4]
         if isinstance(tokens, jax.core.Tracer):
@@ -104,7 +104,7 @@ class MultimodalLM(eqx.Module):
     def hidden(self, tokens: Tokens, images: Images | None = None) -> Hidden:
         """The residual stream after the last block, for ``tokens [t]`` and ``images [n, c, s, s]`` (or a
         batch: ``[b, t]`` and ``[b, n, c, s, s]``, every sequence holding ``n`` images)."""
-        self._check(tokens, images)
+        self.check_images(tokens, images)
         lm = self.lm.served()
         embed = lambda t, i: self._embed(lm, t, i)  # noqa: E731
         if tokens.ndim == 2:
@@ -122,6 +122,6 @@ class MultimodalLM(eqx.Module):
              ) -> tuple[Logits, Cache]:
         """Prefill a chunk (with the images whose placeholders it holds, each image whole in the chunk)
         or decode a token: logits for the chunk and the new cache."""
-        self._check(tokens, images)
+        self.check_images(tokens, images)
         lm = self.lm.served()
         return lm.blocks_step(self._embed(lm, tokens, images), cache, images=self.layout(tokens, images))

@@ -15,6 +15,16 @@ def abstract_model(cfg: ModelConfig):
     return eqx.filter_eval_shape(LM, cfg, key=jax.random.key(0))
 
 
+def _key(k) -> str:
+    return str(k.name if hasattr(k, "name") else k.idx if hasattr(k, "idx") else k.key)
+
+
+def flat_paths(tree) -> tuple[list[tuple[str, object]], object]:
+    """``[(dotted leaf path, leaf)]`` in tree order (``blocks.3.mixer.q_proj.weight``), and the treedef."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return [(".".join(_key(k) for k in path), leaf) for path, leaf in flat], treedef
+
+
 def _size(tree) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "shape"))
 

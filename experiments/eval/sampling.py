@@ -17,6 +17,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import arch
+from arch.multimodal import MultimodalLM
 
 
 def filter_logits(logits: Float[Array, " v"], top_k: Int[Array, ""], top_p: Float[Array, ""]
@@ -46,10 +47,12 @@ def pick(logits: Float[Array, " v"], key: PRNGKeyArray, temperature, top_k, top_
 
 
 @eqx.filter_jit
-def _generate(model: arch.LM, prompt, key, temperature, top_k, top_p, stop_token, max_new_tokens: int):
+def _generate(model: arch.LM | MultimodalLM, prompt, images, key, temperature, top_k, top_p, stop_token,
+              max_new_tokens: int):
     cfg = model.cfg
     cache = arch.init_cache(cfg, prompt.shape[0] + max_new_tokens, dtype=jnp.float32)
-    logits, cache = model.step(prompt, cache)  # prefill: one step over the whole prompt
+    # prefill: one step over the whole prompt (so every image lies whole inside it)
+    logits, cache = model.step(prompt, cache) if images is None else model.step(prompt, cache, images)
     key, sub = jax.random.split(key)
     first = pick(logits[-1], sub, temperature, top_k, top_p)
     out = jnp.zeros((max_new_tokens,), jnp.int32)
@@ -73,10 +76,12 @@ def _generate(model: arch.LM, prompt, key, temperature, top_k, top_p, stop_token
     return out, n
 
 
-def sample(model: arch.LM, prompt_ids, *, max_new_tokens: int, temperature: float = 0.0,
+def sample(model: arch.LM | MultimodalLM, prompt_ids, *, max_new_tokens: int, temperature: float = 0.0,
            top_k: int | None = None, top_p: float | None = None, stop_token: int | None = None,
-           key: PRNGKeyArray | None = None) -> np.ndarray:
+           key: PRNGKeyArray | None = None, images=None) -> np.ndarray:
     """New token ids (int32, at most ``max_new_tokens``) continuing ``prompt_ids``.
+
+    ``images [n, c, s, s]``: the images whose placeholders the prompt holds (a :class:`MultimodalLM`).
 
     ``temperature=0`` is greedy (argmax); otherwise logits are divided by the temperature, cut to the
     ``top_k`` most likely and/or the ``top_p`` nucleus, and drawn with ``key`` (the same key gives the
@@ -93,9 +98,14 @@ def sample(model: arch.LM, prompt_ids, *, max_new_tokens: int, temperature: floa
         raise ValueError(f"top_k={top_k!r} must be None or >= 1")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} must be None or in (0, 1]")
+    if images is not None and not isinstance(model, MultimodalLM):
+        raise ValueError(f"images given to a {type(model).__name__}: only a MultimodalLM reads images")
+    if isinstance(model, MultimodalLM):
+        model.check_images(prompt, images)
     vocab = model.cfg.vocab_size
     out, n = _generate(
-        model, prompt, jax.random.key(0) if key is None else key,
+        model, prompt, None if images is None else jnp.asarray(images),
+        jax.random.key(0) if key is None else key,
         jnp.float32(temperature), jnp.int32(vocab if top_k is None else min(top_k, vocab)),
         jnp.float32(1.0 if top_p is None else top_p), jnp.int32(-1 if stop_token is None else stop_token),
         int(max_new_tokens),
