@@ -14,7 +14,11 @@ Images in a causal sequence (Gemma 3 section 2.1; HF ``Gemma3ForConditionalGener
 ids (the index of the image a token's soft token belongs to, -1 for text; :func:`image_ids`), a query
 also sees the later tokens of its own image, so each image is read bidirectionally, never a later
 image. A local layer keeps its span on top: i sees j iff ``(j <= i or same image) and i - j < window``.
+A key ahead of its query is then visible only inside one image, so a static bound on an image's length
+(``image_span``) bounds how far ahead of the diagonal the fast paths must look (:func:`image_reach`).
 """
+
+import numbers
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
@@ -31,6 +35,27 @@ def image_ids(is_image: Bool[Array, "*b t"]) -> Int[Array, "*b t"]:
     text tokens, so two images never touch)."""
     start = is_image & ~jnp.pad(is_image[..., :-1], [(0, 0)] * (is_image.ndim - 1) + [(1, 0)])
     return jnp.where(is_image, jnp.cumsum(start, axis=-1) - 1, -1).astype(jnp.int32)
+
+
+def image_reach(image_ids: Array | None, image_span: int | None, *, causal: bool) -> int | None:
+    """How many positions ahead of a query a key it sees may lie, in a causal layer: 0 without images;
+    with them ``image_span - 1`` (an image's tokens see one another both ways, Gemma 3 section 2.1), or
+    None when no span bounds an image. ``image_span`` is a static upper bound on the tokens of one image
+    (256 soft tokens in Gemma 3); an image longer than it breaks the contract and loses keys.
+
+    Checks the arguments: image ids only in causal layers (a bidirectional layer already sees every
+    token of its span), ``image_span`` None or an int >= 1.
+    """
+    static_int = isinstance(image_span, numbers.Integral) and not isinstance(image_span, bool)
+    if image_span is not None and (not static_int or image_span < 1):
+        raise ValueError(f"image_span={image_span!r} must be None or a static int >= 1 (an upper bound on "
+                         "the tokens of one image, e.g. 256 for Gemma 3)")
+    if image_ids is None:
+        return 0
+    if not causal:
+        raise ValueError("image_ids apply to causal layers only (Gemma 3 section 2.1); with causal=False "
+                         "every token of the span is visible already: pass image_ids=None")
+    return None if image_span is None else int(image_span) - 1
 
 
 def visible(

@@ -24,6 +24,8 @@ def attention(
     softcap: float | None = None,
     scale: float | None = None,
     segment_ids: Int[Array, "*b t"] | None = None,
+    image_ids: Int[Array, "*b t"] | None = None,
+    image_span: int | None = None,
     impl: str = "auto",
     interpret: bool | None = None,
 ) -> Float[Array, "*b t h e"]:
@@ -31,23 +33,29 @@ def attention(
 
     q ``[t, h, e]`` (or ``[b, t, h, e]``), k and v ``[t, k, e]`` with ``h % k == 0``; ``scale``
     defaults to ``e ** -0.5``; ``softcap`` applies ``cap * tanh(logits / cap)`` before the mask.
+
+    ``image_ids`` (causal layers only; :func:`gemma_kernels.masks.image_ids`: the image of each
+    position, -1 for text) let an image's tokens see one another both ways (Gemma 3 section 2.1).
+    ``image_span``, a static bound on the tokens of one image (256 in Gemma 3), lets the fast paths
+    skip keys more than ``image_span - 1`` positions ahead of a query (None: nothing ahead is skipped).
     """
     if q.shape[-2] % k.shape[-2]:
         raise ValueError(f"query heads ({q.shape[-2]}) must be a multiple of kv heads ({k.shape[-2]})")
     if window is not None and window < 1:
         raise ValueError(f"window={window!r} must be None or >= 1")
-    kwargs = dict(window=window, causal=causal, softcap=softcap, scale=scale)
+    kwargs = dict(window=window, causal=causal, softcap=softcap, scale=scale, image_span=image_span)
     match resolve_impl(impl, ATTENTION_IMPLS):
         case "xla":
-            return attention_xla(q, k, v, segment_ids=segment_ids, **kwargs)
+            return attention_xla(q, k, v, segment_ids=segment_ids, image_ids=image_ids, **kwargs)
         case "pallas":
-            def one(q, k, v, segment_ids):
+            def one(q, k, v, segment_ids, image_ids):
                 return attention_pallas(q, k, v, interpret=resolve_interpret(interpret),
-                                        segment_ids=segment_ids, **kwargs)
+                                        segment_ids=segment_ids, image_ids=image_ids, **kwargs)
 
             if q.ndim == 4:  # the kernels take one sequence each
-                one = jax.vmap(one, in_axes=(0, 0, 0, None if segment_ids is None else 0))
-            return one(q, k, v, segment_ids)
+                axis = lambda ids: None if ids is None else 0  # noqa: E731
+                one = jax.vmap(one, in_axes=(0, 0, 0, axis(segment_ids), axis(image_ids)))
+            return one(q, k, v, segment_ids, image_ids)
     raise AssertionError("unreachable")
 
 

@@ -3,6 +3,8 @@
 Shared by the forward kernel and both backward kernels so that the three agree exactly on the band.
 The rule is :mod:`gemma_kernels.masks` (causal: ``0 <= i - j < window``; bidirectional:
 ``|i - j| < window``), plus: positions ``>= t`` are padding and are visible to nobody and see nothing.
+With image ids (Gemma 3 section 2.1) a causal query also sees the later tokens of its own image, so
+the band reaches ``ahead`` positions past the diagonal (``image_span - 1``; None: to the end).
 Everything here is traced inside a Pallas kernel, so it sticks to ops the Triton lowering supports
 (``lax.div`` on int32 scalars, 2-D tiles, ``jnp.where``).
 """
@@ -19,16 +21,18 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def key_block_range(q0, block_q: int, block_k: int, *, t: int, window: int | None, causal: bool):
+def key_block_range(q0, block_q: int, block_k: int, *, t: int, window: int | None, causal: bool,
+                    ahead: int | None = 0):
     """Key blocks ``[lo, hi)`` that intersect the band of the query rows ``q0 .. q0 + block_q - 1``.
 
     Work per query block is then O(window + block) instead of O(t): blocks outside are skipped.
+    Causal: keys up to ``ahead`` positions past the last row (images; None: every later key).
     """
     nk = _cdiv(t, block_k)  # key blocks that hold at least one real key
     q1 = q0 + block_q - 1
     lo = 0 if window is None else lax.div(jnp.maximum(q0 - (window - 1), 0), block_k)
     if causal:
-        hi = jnp.minimum(lax.div(q1, block_k) + 1, nk)
+        hi = nk if ahead is None else jnp.minimum(lax.div(q1 + ahead if ahead else q1, block_k) + 1, nk)
     elif window is None:
         hi = nk
     else:
@@ -37,12 +41,16 @@ def key_block_range(q0, block_q: int, block_k: int, *, t: int, window: int | Non
     return lo, jnp.where(q0 < t, hi, lo)
 
 
-def query_block_range(k0, block_k: int, block_q: int, *, t: int, window: int | None, causal: bool):
-    """Query blocks ``[lo, hi)`` containing a row that sees one of the keys ``k0 .. k0 + block_k - 1``."""
+def query_block_range(k0, block_k: int, block_q: int, *, t: int, window: int | None, causal: bool,
+                      ahead: int | None = 0):
+    """Query blocks ``[lo, hi)`` containing a row that sees one of the keys ``k0 .. k0 + block_k - 1``
+    (causal: rows up to ``ahead`` positions before the first key see it too; None: every earlier row)."""
     nq = _cdiv(t, block_q)
     k1 = k0 + block_k - 1
-    if causal:
-        lo = lax.div(k0, block_q)
+    if causal and ahead is None:
+        lo = 0
+    elif causal:
+        lo = lax.div(jnp.maximum(k0 - ahead, 0) if ahead else k0, block_q)
     elif window is None:
         lo = 0
     else:
@@ -51,19 +59,33 @@ def query_block_range(k0, block_k: int, block_q: int, *, t: int, window: int | N
     return lo, jnp.where(k0 < t, hi, lo)
 
 
-def band_mask(q0, k0, block_q: int, block_k: int, *, t: int, window: int | None, causal: bool):
-    """Boolean ``[block_q, block_k]`` tile of :func:`gemma_kernels.masks.visible` with padding removed."""
+def band_mask(q0, k0, block_q: int, block_k: int, *, t: int, window: int | None, causal: bool,
+              q_img=None, k_img=None):
+    """Boolean ``[block_q, block_k]`` tile of :func:`gemma_kernels.masks.visible` with padding removed;
+    ``q_img`` ``[block_q, 1]`` and ``k_img`` ``[1, block_k]`` are the image ids of a causal layer."""
     q_pos = q0 + jnp.arange(block_q, dtype=jnp.int32)[:, None]
     k_pos = k0 + jnp.arange(block_k, dtype=jnp.int32)[None, :]
     d = q_pos - k_pos
     ok = (q_pos < t) & (k_pos < t)
     if causal:
-        ok &= d >= 0
+        seen = d >= 0
+        if q_img is not None:  # an image's tokens see one another both ways (Gemma 3 section 2.1)
+            seen |= (q_img == k_img) & (q_img >= 0)
+        ok &= seen
         if window is not None:
             ok &= d < window
     elif window is not None:
         ok &= (d < window) & (d > -window)
     return ok
+
+
+def id_refs(refs, has_seg: bool, has_img: bool):
+    """The kernels' optional inputs, in the order the wrappers pass them: ``(query, key)`` refs of the
+    segment ids, then of the image ids; None for each that is absent."""
+    refs = iter(refs)
+    seg = (next(refs), next(refs)) if has_seg else None
+    img = (next(refs), next(refs)) if has_img else None
+    return seg, img
 
 
 def segment_mask(q_seg, k_seg):

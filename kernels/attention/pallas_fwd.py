@@ -2,7 +2,8 @@
 
 One program per (query head, query block). The key loop runs INSIDE the kernel over only the key
 blocks that intersect the band (``lax.fori_loop(lo, hi)``), so a local layer costs
-O(t * window) and a global causal layer visits the lower triangle only. The body uses no scratch
+O(t * window) and a global causal layer visits the lower triangle only (with images, Gemma 3 section
+2.1, also the ``image_span - 1`` keys past the diagonal an image can reach). The body uses no scratch
 buffers and no cross-step accumulation, so it lowers through Triton (GPU), Mosaic (TPU) and the
 interpreter (CPU) alike.
 
@@ -17,18 +18,18 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from gemma_kernels.attention.band import BIG, NEG, band_mask, key_block_range, logits, segment_mask
+from gemma_kernels.attention.band import BIG, NEG, band_mask, id_refs, key_block_range, logits, segment_mask
+from gemma_kernels.masks import image_reach
 
 
-def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg):
-    if has_seg:
-        q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref = refs
-    else:
-        q_ref, k_ref, v_ref, o_ref, lse_ref = refs
+def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg, has_img, ahead):
+    q_ref, k_ref, v_ref, *ids, o_ref, lse_ref = refs
+    seg, img = id_refs(ids, has_seg, has_img)
     block_q, e = q_ref.shape
     q0 = pl.program_id(1) * block_q
     q = q_ref[...]
-    q_seg = qseg_ref[...] if has_seg else None
+    q_seg = seg[0][...] if has_seg else None
+    q_img = img[0][...] if has_img else None
 
     def body(j, carry):
         acc, m, denom = carry
@@ -36,9 +37,11 @@ def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg):
         k = k_ref[pl.ds(k0, block_k), :]
         v = v_ref[pl.ds(k0, block_k), :]
         s, _ = logits(q, k, scale, softcap)
-        mask = band_mask(q0, k0, block_q, block_k, t=t, window=window, causal=causal)
+        k_img = img[1][:, pl.ds(k0, block_k)] if has_img else None
+        mask = band_mask(q0, k0, block_q, block_k, t=t, window=window, causal=causal,
+                         q_img=q_img, k_img=k_img)
         if has_seg:
-            mask &= segment_mask(q_seg, kseg_ref[:, pl.ds(k0, block_k)])
+            mask &= segment_mask(q_seg, seg[1][:, pl.ds(k0, block_k)])
         s = jnp.where(mask, s, NEG)
         m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
         alpha = jnp.exp(m - m_new)
@@ -48,7 +51,7 @@ def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg):
         acc = alpha * acc + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         return acc, m_new, denom
 
-    lo, hi = key_block_range(q0, block_q, block_k, t=t, window=window, causal=causal)
+    lo, hi = key_block_range(q0, block_q, block_k, t=t, window=window, causal=causal, ahead=ahead)
     init = (
         jnp.zeros((block_q, e), jnp.float32),
         jnp.full((block_q, 1), NEG, jnp.float32),
@@ -60,8 +63,10 @@ def _fwd_kernel(*refs, scale, softcap, window, causal, t, block_k, has_seg):
     lse_ref[...] = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), BIG)
 
 
-def flash_forward(q, k, v, seg, *, t, window, causal, softcap, scale, blocks, interpret, params):
-    """q ``[h, T, e]``, k/v ``[kv, T, e]``, seg ``None`` or ``[T]`` int32 (T a block multiple).
+def flash_forward(q, k, v, seg, img=None, *, t, window, causal, softcap, scale, blocks, interpret, params,
+                  image_span=None):
+    """q ``[h, T, e]``, k/v ``[kv, T, e]``, seg and img (image ids) ``None`` or ``[T]`` int32 (T a block
+    multiple); ``image_span`` bounds an image's length (:func:`gemma_kernels.masks.image_reach`).
 
     Returns ``(o [h, T, e] in q.dtype, lse [h, T, 1] f32)``; ``lse`` is the residual of the backward.
     """
@@ -70,7 +75,7 @@ def flash_forward(q, k, v, seg, *, t, window, causal, softcap, scale, blocks, in
     bq, bk = blocks
     kernel = functools.partial(
         _fwd_kernel, scale=scale, softcap=softcap, window=window, causal=causal, t=t, block_k=bk,
-        has_seg=seg is not None,
+        has_seg=seg is not None, has_img=img is not None, ahead=image_reach(img, image_span, causal=causal),
     )
     # lax.div, not //: floor division lowers through sign, which Mosaic resolves per TPU generation.
     in_specs = [
@@ -79,9 +84,11 @@ def flash_forward(q, k, v, seg, *, t, window, causal, softcap, scale, blocks, in
         pl.BlockSpec((None, tp, e), lambda n, i: (lax.div(n, g), 0, 0)),
     ]
     args = [q, k, v]
-    if seg is not None:
-        in_specs += [pl.BlockSpec((bq, 1), lambda n, i: (i, 0)), pl.BlockSpec((1, tp), lambda n, i: (0, 0))]
-        args += [seg[:, None], seg[None, :]]
+    ids = [x for x in (seg, img) if x is not None]
+    # per id array: the query block's ids as a column, every key's as a row
+    id_specs = [pl.BlockSpec((bq, 1), lambda n, i: (i, 0)), pl.BlockSpec((1, tp), lambda n, i: (0, 0))]
+    in_specs += id_specs * len(ids)
+    args += [a for x in ids for a in (x[:, None], x[None, :])]
     return pl.pallas_call(
         kernel,
         grid=(h, tp // bq),

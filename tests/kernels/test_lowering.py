@@ -31,17 +31,20 @@ def lower(platform, fn, *args) -> str:
     return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-@pytest.mark.parametrize("window, causal, segments", [(100, True, True), (None, False, False)])
-def test_attention_fwd_and_bwd_lower(platform, window, causal, segments):
+@pytest.mark.parametrize("window, causal, segments, images", [
+    (100, True, True, False), (None, False, False, False), (None, True, True, True),
+])
+def test_attention_fwd_and_bwd_lower(platform, window, causal, segments, images):
     b, t, h, kv, e = 2, 1000, 8, 1, 128  # t not a block multiple; vmap adds the third grid axis
     q = jax.ShapeDtypeStruct((b, t, h, e), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((b, t, kv, e), jnp.bfloat16)
     seg = jax.ShapeDtypeStruct((b, t), jnp.int32)
 
     def f(q, k, v, seg):
-        def one(q, k, v, s):
+        def one(q, k, v, s):  # the segment ids double as image ids: only the types matter here
             return attn.attention_pallas(q, k, v, window=window, causal=causal, softcap=50.0,
-                                         segment_ids=s if segments else None)
+                                         segment_ids=s if segments else None,
+                                         image_ids=s if images else None, image_span=256)
 
         out, pullback = jax.vjp(lambda q, k, v: jax.vmap(one)(q, k, v, seg), q, k, v)
         return pullback(out)
