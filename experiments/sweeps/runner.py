@@ -157,7 +157,7 @@ def register(name: str, mirrors: str, plot: Plot | None = None, prepare: Prepare
 
 
 SWEEP_MODULES = ("experiments.sweeps.definitions", "experiments.sweeps.recall", "experiments.distill.sweeps",
-                 "experiments.sweeps.qat", "experiments.embed.sweep")
+                 "experiments.sweeps.qat", "experiments.embed.sweep", "experiments.vision.sweep")
 
 
 def load_sweeps() -> dict[str, Sweep]:
