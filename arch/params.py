@@ -33,9 +33,13 @@ def count_params(cfg_or_model) -> dict[str, int]:
     """``{"embedding", "non_embedding", "total"}`` for a config (built abstractly) or a model.
 
     The embedding is the token table (plus an untied output head, if any); everything else is
-    non-embedding, as the reports count it.
+    non-embedding, as the reports count it. A :class:`arch.multimodal.MultimodalLM` (its ``lm`` and
+    ``vision``) adds ``"vision"``: the encoder and projector, inside ``"total"``.
     """
     model = abstract_model(cfg_or_model) if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
+    if hasattr(model, "vision") and hasattr(model, "lm"):
+        text, vision = count_params(model.lm), _size(model.vision)
+        return {**text, "vision": vision, "total": text["total"] + vision}
     total = _size(model)
     embedding = _size(model.embed) + (0 if model.lm_head is None else _size(model.lm_head))
     return {"embedding": embedding, "non_embedding": total - embedding, "total": total}

@@ -58,10 +58,13 @@ def reconfigure(model: LM, **overrides) -> LM:
     The new module tree is built abstractly (nothing allocated) and the old array leaves are moved
     into it in order; static fields (windows, RoPE bases and scales, kernel choices) come from the new
     config. Leaf dtypes are kept as they are in ``model``. A model with a ``trunk`` (an
-    ``EmbeddingModel``) gets its trunk reconfigured and keeps its head.
+    ``EmbeddingModel``) gets its trunk reconfigured and keeps its head; a ``MultimodalLM`` gets its
+    ``lm`` reconfigured and keeps its vision tower.
     """
     if hasattr(model, "trunk"):
         return eqx.tree_at(lambda m: m.trunk, model, reconfigure(model.trunk, **overrides))
+    if hasattr(model, "vision") and hasattr(model, "lm"):
+        return eqx.tree_at(lambda m: m.lm, model, reconfigure(model.lm, **overrides))
     cfg_new = model.cfg.replace(**overrides)
     target = abstract_model(cfg_new)
     diffs = _differences(model, target, model.cfg, cfg_new)
