@@ -51,6 +51,7 @@ class Plan:
     """One preset's plan; bytes are per device. ``activations`` are None with ``quick`` (not compiled)."""
 
     preset: str
+    params: int
     devices: int
     data: int
     fsdp: int
@@ -127,10 +128,10 @@ def make_plan(preset: str, *, devices: int, memory: float, batch: int, seq_len: 
             compiled = pm.compiled_sizes(run, cfg, mesh)
             compiled["predicted"] = {"argument": state.argument, "output": state.output, "temp": temp.total}
     flops = flops_per_token(cfg, seq_len) * batch * seq_len
-    return Plan(preset=preset, devices=devices, data=devices // fsdp, fsdp=fsdp, batch=batch,
-                seq_len=seq_len, device_memory=memory, weights=state.weights, optimizer=state.optimizer,
-                gradients=state.gradients, batch_bytes=state.batch, activations=act,
-                activations_remat=remat, step_flops=flops, method=method,
+    return Plan(preset=preset, params=state.params, devices=devices, data=devices // fsdp, fsdp=fsdp,
+                batch=batch, seq_len=seq_len, device_memory=memory, weights=state.weights,
+                optimizer=state.optimizer, gradients=state.gradients, batch_bytes=state.batch,
+                activations=act, activations_remat=remat, step_flops=flops, method=method,
                 seconds=time.perf_counter() - start, compiled=compiled)
 
 
@@ -142,6 +143,7 @@ def format_plan(p: Plan) -> str:
     lines = [
         f"{p.preset}: {p.devices} devices of {p.device_memory / pm.GB:.1f} GB, batch {p.batch} x "
         f"{p.seq_len} tokens (float32 weights and AdamW moments, bf16 matmuls)",
+        f"  parameters     {p.params:,}",
         f"  mesh           data {p.data} x fsdp {p.fsdp} x tensor {p.tensor} (tensor parallelism: "
         "not implemented)",
         "  per device         GB",
@@ -193,7 +195,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", nargs="+", default=["gemma3_27b"],
                    help="names in arch.PRESETS, or 'all' (default: gemma3_27b)")
     p.add_argument("--devices", type=int, default=256, help="devices in the mesh (default 256)")
-    p.add_argument("--device-memory", default="95GB", help="memory per device, e.g. 95GB or 80GiB (default 95GB)")
+    p.add_argument("--device-memory", default="95GB",
+                   help="memory per device, e.g. 95GB or 80GiB (default 95GB)")
     p.add_argument("--batch", type=int, default=None,
                    help="global batch in sequences, a multiple of --devices (default: one per device)")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")

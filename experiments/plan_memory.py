@@ -22,6 +22,7 @@ where the XLA path of :mod:`gemma_kernels.attention.xla` does.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from typing import Any
@@ -53,6 +54,7 @@ def parse_bytes(text: str, flag: str = "--device-memory") -> float:
     return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
+@functools.lru_cache(maxsize=16)  # the mesh choice asks for the same model's shards at several sizes
 def abstract_state(run: RunConfig, cfg: ModelConfig) -> tuple[Any, Any, Any]:
     """``(params, static, opt_state)`` of ``cfg`` under ``run``'s optimizer, as ShapeDtypeStructs."""
     params, static = eqx.filter_eval_shape(init_params, cfg, run.seed)
@@ -79,6 +81,7 @@ def batch_struct(run: RunConfig) -> dict[str, jax.ShapeDtypeStruct]:
 class StateBytes:
     """Exact per-device bytes of what the step reads and keeps (see the module docstring)."""
 
+    params: int  # parameter count of the whole model
     weights: int
     optimizer: int
     gradients: int
@@ -97,7 +100,9 @@ def state_bytes(run: RunConfig, cfg: ModelConfig, devices: int, fsdp: int) -> St
     params, _, opt_state = abstract_state(run, cfg)
     weights = shard_bytes(params, fsdp)
     batch = len(BATCH_KEYS) * run.batch * run.seq_len * 4 // devices
-    return StateBytes(weights=weights, optimizer=shard_bytes(opt_state, fsdp), gradients=weights, batch=batch)
+    count = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+    return StateBytes(params=count, weights=weights, optimizer=shard_bytes(opt_state, fsdp),
+                      gradients=weights, batch=batch)
 
 
 def compiled_sizes(run: RunConfig, cfg: ModelConfig, mesh) -> dict[str, int]:

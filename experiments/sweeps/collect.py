@@ -137,7 +137,19 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "gb_per_s": ("GB/s", "{:.1f}".format, str),
             "x_floor": ("x floor", "{:.2f}".format, str),
             "transformers_ms": ("transformers ms", "{:.1f}".format, str),
-            "speedup": ("speed-up", "{:.2f}".format, str)}
+            "speedup": ("speed-up", "{:.2f}".format, str),
+            # the pod-run plans (experiments.plan --update-figures): GB per device
+            "plan.devices": ("devices", "{:.0f}".format, str),
+            "plan.memory": ("GB each", "{:.0f}".format, str),
+            "plan.mesh": ("data x fsdp x tensor", str, str), "plan.tokens": ("batch x seq", str, str),
+            "plan.weights": ("weights", "{:.2f}".format, str),
+            "plan.optimizer": ("AdamW", "{:.2f}".format, str),
+            "plan.gradients": ("grads", "{:.2f}".format, str),
+            "plan.activations": ("activations", "{:.1f}".format, str),
+            "plan.activations_remat": ("activations, remat", "{:.1f}".format, str),
+            "plan.total": ("total", "{:.1f}".format, str),
+            "plan.total_remat": ("total, remat", "{:.1f}".format, str),
+            "plan.fits": ("fits", str, str), "plan.pflops": ("PFLOPs / step", "{:,.0f}".format, str)}
 
 
 def markdown(df: pd.DataFrame) -> str:
