@@ -12,7 +12,9 @@ A recipe hands the loop its ``(params, opt_state)`` state and ``advance(state, s
   Resuming is exact when ``advance`` is a pure function of ``(state, step)`` (batch ``s`` and the
   step's randomness derived from the seed and ``s``), which every recipe here guarantees;
 - the flush schedule (log / evaluate / checkpoint / ``stop_at``), a non-finite loss stopping the run
-  with the last good checkpoint named, throughput excluding compilation and evaluation, the bar.
+  with the last good checkpoint named, throughput excluding compilation and evaluation, the bar;
+- a multi-host job: every process runs the loop (the steps and checkpoints are collective), only
+  process 0 writes ``metrics.jsonl`` and shows the bar (:func:`experiments.data.io.is_primary`).
 
 ``open_run`` returns a finished run's summary or writes (or checks) ``config.json``; the recipe writes
 ``summary.json`` last.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from experiments import checkpoint
-from experiments.data.io import atomic_write_bytes, write_json
+from experiments.data.io import atomic_write_bytes, is_primary, write_json
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,14 +69,15 @@ def open_run(config, run_dir: str | Path) -> dict | None:
             raise ValueError(f"{path} holds a different run ({existing.short_hash()}) than the one "
                              f"asked for ({config.short_hash()}); use another --out or --resume")
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_primary():
+        run_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, config.to_dict())
     return None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop lines logged after the checkpoint (they are about to be recomputed)."""
-    if not path.exists():
+    if not is_primary() or not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
     atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
@@ -97,7 +101,9 @@ def fit(state: Any, advance: Callable[[Any, int, int], tuple[Any, dict]], *, run
     return early (a preemption on purpose: the next call resumes). A log line holds the mean loss
     since the last one and every other metric at its last step."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    primary = is_primary()
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
     eval_every = eval_every or steps
     k = call_length(max_call, log_every, eval_every, ckpt_every)
     ckpt_path, metrics_path = run_dir / checkpoint.CKPT_NAME, run_dir / "metrics.jsonl"
@@ -116,12 +122,12 @@ def fit(state: Any, advance: Callable[[Any, int, int], tuple[Any, dict]], *, run
         return (done % log_every == 0 or done % eval_every == 0 or done % ckpt_every == 0
                 or done == steps or done == stop_at)
 
-    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not progress)
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not (progress and primary))
     pending: list[tuple[int, Any]] = []  # (first step, device metrics of its call): no host sync per step
     timed_tokens, timed_seconds, t_mark, untimed = 0, 0.0, None, 0
     evals = None
     done = start
-    with open(metrics_path, "a") as log:
+    with open(metrics_path, "a") if primary else open(os.devnull, "w") as log:
         while done < steps:
             step = done
             n = k if step % k == 0 and not any(is_flush(d) for d in range(step + 1, step + k)) else 1

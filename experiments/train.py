@@ -32,7 +32,7 @@ from experiments import REPO_ROOT
 from experiments import sharding as shd
 from experiments.data.batches import Data, prepare_data
 from experiments.data.corpus import load_corpus, unigram_entropy
-from experiments.data.io import write_json
+from experiments.data.io import is_primary, write_json
 from experiments.data.tasks import TASKS, task_data
 from experiments.data.tokenizer import get_tokenizer
 from experiments.distill.teacher import load_teacher
@@ -108,9 +108,13 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     params = initial_params(run, run_dir, params, data.tokenizer)  # RunConfig.init: a trained start
     opt_state = optimizer.init(params)
     k = call_length(steps_per_call, run.log_every, run.eval_every, run.ckpt_every)
-    put = jax.device_put if mesh is None else (lambda b: shd.shard_batch(b, shd.batch_sharding(mesh)))
-    put_k = jax.device_put if mesh is None else (
-        lambda b: shd.shard_batch(b, shd.batch_sharding(mesh, leading=True)))
+    # each process reads only its rows of every batch (the whole batch on one process)
+    rows = None if mesh is None else shd.process_rows(shd.batch_sharding(mesh), run.batch)
+    put, put_k, put_val = jax.device_put, jax.device_put, jax.device_put
+    if mesh is not None:
+        put = lambda b: shd.put_local(b, shd.batch_sharding(mesh), run.batch)
+        put_k = lambda b: shd.put_local(b, shd.batch_sharding(mesh, leading=True), run.batch)
+        put_val = lambda b: shd.shard_batch(b, shd.batch_sharding(mesh))  # the whole set on every host
     if mesh is not None:
         params = jax.device_put(params, shd.state_shardings(mesh, params))
         opt_state = jax.device_put(opt_state, shd.state_shardings(mesh, opt_state))
@@ -124,7 +128,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
     val = data.validation_set(run.eval_batches * run.batch)
 
     def arrays_at(step: int) -> dict:
-        return batch_arrays(batches(step))
+        return batch_arrays(batches.batch(step, rows))
 
     def advance(state, step: int, n: int):
         at = jnp.asarray(step, jnp.int32)
@@ -136,7 +140,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         return (params, opt_state), m
 
     def validation(state) -> dict:
-        loss = evaluate(eval_step, state[0], val, run.batch, put, n_dev)
+        loss = evaluate(eval_step, state[0], val, run.batch, put_val, n_dev)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
     fitted = fit((params, opt_state), advance, run_dir=run_dir, steps=run.steps, seed=run.seed,
@@ -164,8 +168,7 @@ def train(run: RunConfig, run_dir: str | Path, *, progress: bool = True, mesh=No
         "num_devices": n_dev, "mesh": None if mesh is None else dict(mesh.shape),
         "model_config": cfg.to_dict(), "teacher": teacher.info if teacher else None,
     }
-    if jax.process_index() == 0:
-        write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)  # process 0 only
     return summary
 
 
@@ -179,6 +182,11 @@ def parse_value(text: str) -> Any:
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[int, int], bool, int]:
     """``(run, out_dir, (data_parallel, fsdp), progress, steps_per_call)`` from the command line."""
+    return parse_command(argv)[0]
+
+
+def parse_command(argv: list[str] | None = None) -> tuple[tuple, argparse.Namespace]:
+    """:func:`parse_args`' tuple and every flag parsed (the multi-host ones and ``--stop-at`` too)."""
     p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
     p.add_argument("--preset", help="a name of arch.PRESETS (default small_gemma3)")
     p.add_argument("--override", action="append", default=[], metavar="K=V",
@@ -205,7 +213,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
                    help="devices the batch splits over (on one CPU host: one device per core)")
     p.add_argument("--steps-per-call", type=int, default=STEPS_PER_CALL, dest="steps_per_call",
                    help="train steps per jitted call, at most (each call allocates its memory once)")
+    p.add_argument("--stop-at", type=int, dest="stop_at", metavar="STEP",
+                   help="checkpoint after STEP steps and exit without a summary (a later run resumes)")
     p.add_argument("--no-progress", action="store_true")
+    shd.add_process_flags(p)
     a = p.parse_args(argv)
     fields = ("data", "tokenizer", "vocab_size", "steps", "batch", "seq_len", "lr", "seed", "matmul_dtype",
               "task", "task_fraction")
@@ -234,17 +245,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, Path, tuple[in
     out = Path(a.out) if a.out else REPO_ROOT / "results" / "train" / run.short_hash()
     if a.steps_per_call < 1:
         p.error(f"--steps-per-call {a.steps_per_call}: must be >= 1")
-    return run, out, (a.data_parallel, a.fsdp), not a.no_progress, a.steps_per_call
+    if a.stop_at is not None and a.stop_at < 1:
+        p.error(f"--stop-at {a.stop_at}: must be >= 1")
+    try:
+        shd.process_settings(a)
+    except ValueError as e:
+        p.error(str(e))
+    return (run, out, (a.data_parallel, a.fsdp), not a.no_progress, a.steps_per_call), a
 
 
 def main(argv: list[str] | None = None) -> dict:
-    run, out, (data_parallel, fsdp), progress, steps_per_call = parse_args(argv)
-    if not shd.maybe_initialize_distributed() and data_parallel * fsdp > 1:
-        shd.split_cpu(data_parallel * fsdp)  # one host: a CPU becomes one device per core
+    (run, out, (data_parallel, fsdp), progress, steps_per_call), a = parse_command(argv)
+    # one host: a CPU becomes one device per core; several processes: each brings its share
+    shd.start_processes(a, devices=data_parallel * fsdp)
     mesh = shd.make_mesh(data_parallel, fsdp) if data_parallel * fsdp > 1 else None
-    summary = train(run, out, progress=progress, mesh=mesh, steps_per_call=steps_per_call)
+    summary = train(run, out, progress=progress, mesh=mesh, steps_per_call=steps_per_call, stop_at=a.stop_at)
     keys = ("final_val_loss", "final_val_ppl", "unigram_entropy", "tokens_per_s", "mfu", "train_seconds")
-    print(json.dumps({"run_dir": str(out), **{k: summary.get(k) for k in keys}}, indent=1))
+    if is_primary():
+        print(json.dumps({"run_dir": str(out), **{k: summary.get(k) for k in keys}}, indent=1))
     return summary
 
 

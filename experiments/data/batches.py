@@ -123,12 +123,15 @@ class Batches:
             self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.data)))
         return self._cached[1]
 
-    def batch(self, step: int) -> Batch:
+    def batch(self, step: int, rows: slice | None = None) -> Batch:
+        """Batch ``step``, or only its ``rows`` (a process's slice of the global batch: the same
+        sequences, in the same order, as those rows of the whole batch; the others are never read)."""
         if step < 0:
             raise ValueError(f"step={step}; expected >= 0")
         epoch, k = divmod(step, self.steps_per_epoch)
         b = self.batch_size
-        return self.data.get(self.permutation(epoch)[k * b : (k + 1) * b])
+        indices = self.permutation(epoch)[k * b : (k + 1) * b]
+        return self.data.get(indices if rows is None else indices[rows])
 
     __call__ = batch
 

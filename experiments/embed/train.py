@@ -26,7 +26,8 @@ import arch
 from arch import quant
 from arch.embedding import EmbeddingModel
 from experiments import checkpoint
-from experiments.data.io import write_json
+from experiments import sharding as shd
+from experiments.data.io import is_primary, write_json
 from experiments.embed.config import BASES, EmbedConfig, config_for
 from experiments.embed.data import EmbedData, prepare
 from experiments.embed.evaluate import evaluate_model
@@ -157,14 +158,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tau", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--out", type=Path, help="run directory (default results/embedding/<hash>/)")
+    shd.add_process_flags(p)
     a = p.parse_args(argv)
+    try:
+        shd.start_processes(a)  # each process trains its own copy; process 0 writes the run's files
+    except ValueError as e:
+        p.error(str(e))
     kw = {k: getattr(a, k) for k in ("init", "pooling", "w_spread", "w_distill", "qat", "teacher", "steps",
                                      "tau", "seed") if getattr(a, k) is not None}
     ec = config_for(a.scale, **kw)
     out = a.out or Path("results") / "embedding" / ec.short_hash()
     summary = train_embedding(ec, out, lm_root=out.parent.parent / "embedding_lm",
                               tags={"scale": a.scale})
-    print(json.dumps({"run_dir": str(out), "evals": summary["evals"]}, indent=1))
+    if is_primary():
+        print(json.dumps({"run_dir": str(out), "evals": summary["evals"]}, indent=1))
     return summary
 
 

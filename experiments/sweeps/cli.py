@@ -1,5 +1,6 @@
 """``python -m experiments.sweeps NAME [--scale ...] [--seeds N] [--workers N | --shard i/n]``: the
-command line of :mod:`experiments.sweeps.runner`."""
+command line of :mod:`experiments.sweeps.runner`. In a multi-host job (``--coordinator ...``) every
+process runs every point of the sweep together; process 0 writes the tables, figures and report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import jax
 
-from experiments.data.io import atomic_write_bytes
+from experiments import sharding as shd
+from experiments.data.io import atomic_write_bytes, is_primary
 from experiments.sweeps import runner
 from experiments.sweeps.collect import COLUMNS, DEFAULT_OUT, per_label
 from experiments.sweeps.runner import (
@@ -107,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
                        help="where plots go (default: OUT/figures/SCALE)")
     where.add_argument("--update-figures", action="store_true",
                        help=f"draw into the README's figures ({runner.README_FIGURES})")
+    shd.add_process_flags(p)
     args = p.parse_args(argv)
+    try:
+        settings = shd.process_settings(args)
+    except ValueError as e:
+        p.error(str(e))
+    if settings is not None and (args.workers or args.shard != (0, 1)):
+        p.error("--workers / --shard split a sweep into independent processes; a multi-host job "
+                "(--coordinator) runs every point on all its processes together: give one or the other")
+    shd.start_processes(args)
     if args.core is not None:  # before JAX starts its CPU backend: its thread pools follow this affinity
         os.sched_setaffinity(0, {args.core})
     if not jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR, when set, wins
@@ -115,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         jax.config.update("jax_compilation_cache_dir", str(args.out.resolve() / ".jax-cache"))
     figures = runner.README_FIGURES if args.update_figures else args.figures
     result = run_sweep(args.name, scale=args.scale, out=args.out, shard_spec=args.shard, dry_run=args.dry_run,
-                       plot=not args.no_plot, figures=figures, workers=args.workers or 1, seeds=args.seeds)
+                       plot=not args.no_plot and is_primary(), figures=figures, workers=args.workers or 1,
+                       seeds=args.seeds)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed; see error.json in {args.out / args.name}/<run>/",
               file=sys.stderr)
         return 1
-    if not args.dry_run and args.core is None:  # a worker leaves the report to the process that started it
+    # a worker leaves the report to the process that started it; a multi-host job to its process 0
+    if not args.dry_run and args.core is None and is_primary():
         print(get_sweep(args.name).report(results(args.name, args.scale, args.out, args.seeds)))
         # beside the figures, where another sweep's figure or table may read it (tradeoff <- recall)
         folder = figures or runner.figures_dir(args.out, args.scale)

@@ -115,6 +115,7 @@ def test_split_cpu_refuses_bad_counts_and_a_started_backend():
 
     with pytest.raises(ValueError, match="n=0"):
         split_cpu(0)
-    jax.devices()  # starts the backends
-    with pytest.raises(RuntimeError, match="already started"):
+    held = jax.numpy.zeros(1)  # starts the backends and keeps an array on them
+    with pytest.raises(RuntimeError, match="already started and hold arrays"):
         split_cpu(len(jax.devices()) + 1)
+    del held
