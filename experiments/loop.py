@@ -6,8 +6,8 @@ A recipe hands the loop its ``(params, opt_state)`` state and ``advance(state, s
 ``n`` optimizer steps from ``step`` and returns the new state and that call's metrics (device arrays:
 ``loss`` and any others, scalars or stacked ``[n]``). The loop owns everything else:
 
-- the run directory: ``metrics.jsonl`` appended at every flush point, ``checkpoint.ckpt`` every
-  ``ckpt_every`` steps and at the end (atomic, checksummed; :mod:`experiments.checkpoint`);
+- the run directory: ``metrics.jsonl`` appended at every flush point, ``checkpoint/`` every
+  ``ckpt_every`` steps and at the end (Orbax: sharded, atomic, checksummed; :mod:`experiments.checkpoint`);
 - resumption: a checkpoint in the directory is restored and lines logged after it are dropped.
   Resuming is exact when ``advance`` is a pure function of ``(state, step)`` (batch ``s`` and the
   step's randomness derived from the seed and ``s``), which every recipe here guarantees;
@@ -108,7 +108,7 @@ def fit(state: Any, advance: Callable[[Any, int, int], tuple[Any, dict]], *, run
     k = call_length(max_call, log_every, eval_every, ckpt_every)
     ckpt_path, metrics_path = run_dir / checkpoint.CKPT_NAME, run_dir / "metrics.jsonl"
     start, prior_seconds, last_good = 0, 0.0, None
-    if ckpt_path.exists():
+    if checkpoint.exists(ckpt_path):  # an old single-file checkpoint fails here, saying how to convert
         state, meta = checkpoint.restore(ckpt_path, state)
         start, prior_seconds, last_good = meta["step"], meta.get("train_seconds", 0.0), meta["step"]
         truncate_metrics(metrics_path, start)

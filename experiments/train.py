@@ -2,7 +2,7 @@
 clipping) by the one training loop, :func:`experiments.loop.fit`.
 
 Run directory (DESIGN.md, "Experiments and results"): ``config.json`` written first,
-``metrics.jsonl`` appended as training goes, ``checkpoint.ckpt`` every ``ckpt_every`` steps (atomic,
+``metrics.jsonl`` appended as training goes, ``checkpoint/`` every ``ckpt_every`` steps (sharded, atomic,
 checksummed; see :mod:`experiments.checkpoint`) and ``summary.json`` written last, atomically. A run
 with a summary is done and is returned as is; a run with a checkpoint resumes from it, bit for bit:
 batch ``s`` is a pure function of ``(data, batch, seed, s)`` and the step's RNG key is

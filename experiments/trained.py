@@ -77,7 +77,7 @@ def load_trained(run_dir: str | Path) -> tuple[eqx.Module, Tokenizer, RunConfig]
 
 def save_served(model: eqx.Module, path: str | Path, fmt: str | None = None) -> int:
     """Store ``model`` in ``fmt`` (default: its ``cfg.weight_format``) at ``path`` (an atomic,
-    checksummed :mod:`experiments.checkpoint` file) and return the bytes of its arrays, which equal
+    checksummed :mod:`experiments.checkpoint` folder) and return the bytes of its arrays, which equal
     ``arch.memory.weights_bytes(model.cfg, fmt)``: what is measured is what is stored."""
     fmt = fmt or model.cfg.weight_format
     if fmt not in quant.FORMATS:

@@ -4,7 +4,7 @@
         [--spread-out W] [--distill W] [--qat int8|int4|mixed] [--scale quick|default|full] [--out DIR]
 
 A run directory is the language models' (:mod:`experiments.loop`): ``config.json`` (written first),
-``metrics.jsonl`` (appended while training), ``checkpoint.ckpt`` (the fine-tuned weights and optimizer
+``metrics.jsonl`` (appended while training), ``checkpoint/`` (the fine-tuned weights and optimizer
 state; an interrupted run resumes from it) and ``summary.json`` (written last, atomically; a run that
 has one is skipped). Evaluation is on the held-out modules at every Matryoshka dimension, with the model as
 deployed (weights quantized and dequantized when the run is quantization-aware).
