@@ -86,7 +86,7 @@ class Plan:
     @property
     def fits(self) -> str:
         if self.total is None:
-            return "state only" if self.state <= self.device_memory else "no"
+            return "state fits, activations not compiled" if self.state <= self.device_memory else "no"
         if self.total <= self.device_memory:
             return "yes"
         return "with remat" if self.total_remat <= self.device_memory else "no"
