@@ -119,7 +119,7 @@ def test_served_checkpoint_reloads_bit_for_bit_and_weighs_what_memory_counts(bas
     assert sum(a.nbytes for a in arrays) - headers == stored and meta["weight_format"] == fmt
     # the rest of the folder: Orbax's metadata, the JSON meta and checksums, each array's headers
     on_disk = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    assert 0 < on_disk - stored < 8192 + 600 * len(arrays)
+    assert 0 < on_disk - stored < 8192 + 1000 * len(arrays)  # about 800 bytes of metadata per array
     packed, served = load_served(path)
     expected = jax.tree_util.tree_leaves(quant.pack_model(model, fmt))
     got = jax.tree_util.tree_leaves(packed)
