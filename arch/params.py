@@ -10,9 +10,9 @@ from arch.model import LM
 
 
 def abstract_model(cfg: ModelConfig):
-    """The model's structure with ShapeDtypeStructs in place of arrays: nothing is allocated."""
-
-    return eqx.filter_eval_shape(LM, cfg, key=jax.random.key(0))
+    """The model's structure with ShapeDtypeStructs in place of arrays: nothing is allocated (the key
+    too is traced, so not even JAX's backend starts)."""
+    return eqx.filter_eval_shape(lambda: LM(cfg, key=jax.random.key(0)))
 
 
 def _key(k) -> str:

@@ -260,6 +260,7 @@ class VisionTower(eqx.Module):
 def count_vision_params(cfg: VisionConfig, text_width: int) -> dict[str, int]:
     """``{"encoder", "projector", "total"}`` from the module tree (built abstractly). The encoder is what
     Gemma 3 Table 1 counts as its vision encoder (417M at the published shape)."""
-    tower = eqx.filter_eval_shape(VisionTower, cfg, text_width, key=jr.key(0))
+    # the key is made inside the traced function: a concrete one would start JAX's backend, here at import
+    tower = eqx.filter_eval_shape(lambda: VisionTower(cfg, text_width, key=jr.key(0)))
     encoder, projector = _size(tower.vision_model), _size(tower.projector)
     return {"encoder": encoder, "projector": projector, "total": encoder + projector}

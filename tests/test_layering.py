@@ -4,6 +4,8 @@ gemma_kernels), and arch uses only the public names of gemma_kernels."""
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import gemma_kernels
@@ -133,3 +135,13 @@ def test_imports_inside_functions_are_only_optional_dependencies_and_say_so():
               for line, text in _local_imports(path.read_text()) if "# optional" not in text]
     assert hidden == []
     assert _local_imports("def f():\n    import numpy\n") == [(2, "import numpy")]
+
+
+def test_importing_the_packages_starts_no_jax_backend():
+    """A command may still choose its devices after its imports (``--data-parallel``, ``jax.distributed``):
+    nothing may create an array at import time."""
+    code = ("import jax._src.xla_bridge as xb, arch, gemma_kernels, experiments.train, "
+            "experiments.sweeps.cli; print(sorted(xb._backends))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
