@@ -105,9 +105,9 @@ def start_processes(args: argparse.Namespace | None = None, *, devices: int = 1)
 
 
 def _drop_idle_backends(err: RuntimeError, what: str) -> None:
-    """Shut JAX's backends down so that they restart with new settings, when no array lives on them.
-    Importing ``arch`` computes constants with JAX (e.g. ``arch.memory``'s vision parameter count),
-    which starts the backends before a command has read its flags; nothing of that outlives it."""
+    """Shut JAX's backends down so that they restart with new settings, when no array lives on them
+    (something asked for ``jax.devices()`` before the command read its flags; importing the packages
+    starts no backend, see ``tests/test_layering.py``)."""
     if jax.live_arrays():
         raise RuntimeError(f"cannot {what}: JAX's backends are already started and hold arrays (call "
                            "experiments.sharding.start_processes before any jax.devices() or array)") from err

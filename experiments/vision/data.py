@@ -63,10 +63,11 @@ class Example(NamedTuple):
 
 
 def example(stream: int, seed: int, index: int, *, height: int, aspects: tuple[float, ...],
-            font_sizes: tuple[int, ...], max_digits: int) -> Example:
+            font_sizes: tuple[int, ...], max_digits: int, layout: str = "forms") -> Example:
     """Document ``index`` of ``(stream, seed)`` and a question about one of its fields, drawn from it."""
     rng = np.random.default_rng((stream, seed, index))
-    doc = render(rng, height=height, aspects=aspects, font_sizes=font_sizes, max_digits=max_digits)
+    doc = render(rng, height=height, aspects=aspects, font_sizes=font_sizes, max_digits=max_digits,
+                 layout=layout)
     field = doc.fields[int(rng.integers(len(doc.fields)))]
     return Example(doc, question(field), answer(field))
 

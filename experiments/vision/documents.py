@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 LABELS = ("ID", "CODE", "REF", "QTY", "NO", "SUM")  # the forms' fields; each at most once on a page
 TABLE_ROWS = (2, 4)  # a table has between 2 and 4 numbered rows
 FIELDS_PER_PANEL = (1, 3)
+LAYOUTS = ("forms", "number")
 GLYPHS = "0123456789" + "".join(sorted(set("".join(LABELS))))
 ADVANCE = 0.602  # DejaVu Sans Mono's advance width, in ems
 LINE = 1.3  # line height, in ems
@@ -120,17 +121,30 @@ def _table(ink, rng, size: int, box: tuple[int, int, int, int], max_digits: int)
     return fields
 
 
+def _number(ink, rng, size: int, margin: int, max_digits: int) -> list[Field]:
+    """One number at the page's top left corner: where it is never has to be searched for."""
+    value = _digits(rng, max_digits)
+    _draw(ink, value, size, margin, margin)
+    return [Field("number", "number", value)]
+
+
 def render(rng: np.random.Generator, *, height: int, aspects: tuple[float, ...], font_sizes: tuple[int, ...],
-           max_digits: int) -> Document:
-    """One page drawn from ``rng``: an aspect ratio and a font size from the lists (the size lowered
-    until the longest line fits a panel), ``round(aspect)`` panels (at most one of them a table),
-    light paper and dark ink of random shades."""
+           max_digits: int, layout: str = "forms") -> Document:
+    """One page drawn from ``rng``: an aspect ratio and a font size from the lists, light paper and
+    dark ink of random shades. ``layout="forms"``: ``round(aspect)`` panels (at most one of them a
+    table), the size lowered until the longest line fits a panel; ``"number"``: one number at the top
+    left (what a tiny model learns to read in a few hundred CPU steps; the forms' search for a label
+    among several takes far longer)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"render: layout={layout!r}: must be one of {LAYOUTS}")
     aspect = float(aspects[int(rng.integers(len(aspects)))])
     size = int(font_sizes[int(rng.integers(len(font_sizes)))])
     width = round(height * aspect)
     panels = max(1, round(aspect))
     ink = np.zeros((height, width), np.float32)
     margin = max(height // 16, 1)
+    if layout == "number":
+        return _page(rng, ink, _number(ink, rng, size, margin, max_digits), aspect, size)
     pw = width // panels
     # the longest line, "LABEL digits", must fit its panel: the largest size that does caps the draw
     longest = max(map(len, LABELS)) + 1 + max_digits
@@ -146,14 +160,21 @@ def render(rng: np.random.Generator, *, height: int, aspects: tuple[float, ...],
         else:
             k = min(int(rng.integers(FIELDS_PER_PANEL[0], FIELDS_PER_PANEL[1] + 1)), len(labels))
             fields += _form(ink, rng, [labels.pop() for _ in range(k)], size, box, max_digits)
-    paper = rng.uniform(0.85, 1.0, size=(3, 1, 1)).astype(np.float32)  # slightly tinted paper
-    dark = rng.uniform(0.6, 1.0)  # ink contrast
+    return _page(rng, ink, fields, aspect, size)
+
+
+def _page(rng, ink: np.ndarray, fields: list[Field], aspect: float, size: int) -> Document:
+    """The ink on light paper of a random tint, at a random contrast."""
+    paper = rng.uniform(0.85, 1.0, size=(3, 1, 1)).astype(np.float32)
+    dark = rng.uniform(0.6, 1.0)
     image = np.clip(paper * (1.0 - dark * ink[None]), 0.0, 1.0)
     return Document(image=image, fields=tuple(fields), aspect=aspect, font_size=size)
 
 
 def question(field: Field) -> list[str]:
     """The question's words; every question is five words, so prompts of one layout share a length."""
+    if field.kind == "number":
+        return ["what", "is", "the", "number", "?"]
     if field.kind == "table":
         return ["value", "in", "row", field.key, "?"]
     return ["what", "is", "the", field.key.lower(), "?"]
@@ -164,4 +185,5 @@ def answer(field: Field) -> list[str]:
     return list(field.value)
 
 
-QUESTION_WORDS = ("value", "in", "row", "what", "is", "the", "?", *(label.lower() for label in LABELS))
+QUESTION_WORDS = ("value", "in", "row", "what", "is", "the", "?", "number",
+                  *(label.lower() for label in LABELS))

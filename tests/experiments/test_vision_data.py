@@ -58,6 +58,26 @@ def test_the_answer_is_printed_on_the_page():
         assert found, field
 
 
+def test_the_number_layout_prints_one_number_at_the_top_left():
+    for i in range(6):
+        rng = np.random.default_rng(i)
+        doc = docs.render(rng, height=48, aspects=(1.0, 2.0), font_sizes=(6, 12), max_digits=3,
+                          layout="number")
+        (field,) = doc.fields
+        assert field.kind == "number" and docs.question(field) == ["what", "is", "the", "number", "?"]
+        ink = 1.0 - doc.image[0] / doc.image[0].max()
+        stamp = np.concatenate([docs.glyph(ch, doc.font_size) for ch in field.value], axis=1)
+        m = 48 // 16  # the margin
+        h, w = stamp.shape
+        assert (ink[m:m + h, m:m + w][stamp > 0.5] > 0.3).mean() > 0.95  # the digits, where they belong
+        assert ink[:, m + w + 1:].max() < 0.05 and ink[m + h + 1:].max() < 0.05  # nothing else
+    with pytest.raises(ValueError, match="layout='table'"):
+        docs.render(np.random.default_rng(0), height=48, aspects=(1.0,), font_sizes=(6,), max_digits=3,
+                    layout="table")
+    with pytest.raises(ValueError, match=r"ReadConfig.layout='x': must be one of \('forms', 'number'\)"):
+        ReadConfig(layout="x")
+
+
 def test_vocabulary_round_trips_and_covers_every_question():
     for i in range(30):
         ex = example(TRAIN, 2, i, **KW)
