@@ -130,6 +130,11 @@ MARKDOWN = {"label": ("run", str, str), "tag.pattern": ("pattern", lambda p: f"`
             "ptq_cost": ("PTQ cost", "{:.2f}".format, "{:.2f}".format),
             "qat_cost": ("QAT cost", "{:.2f}".format, "{:.2f}".format),
             "recovered": ("recovered by QAT", "{:.2f}".format, "{:.2f}".format),
+            # the vision sweep (experiments.vision.sweep): greedy answers read off the held-out pages
+            "evals.exact_match": ("exact match", "{:.2f}".format, "{:.2f}".format),
+            "evals.exact_match_narrow": ("exact, square pages", "{:.2f}".format, "{:.2f}".format),
+            "evals.exact_match_wide": ("exact, 2:1 pages", "{:.2f}".format, "{:.2f}".format),
+            "evals.token_acc": ("digits right", "{:.2f}".format, "{:.2f}".format),
             # the decode speed table (experiments.bench.decode --speed): per model, format and context
             "context": ("context", lambda c: f"{c / 1024:.0f}K", str),
             "ms_per_token": ("ms / token", "{:.1f}".format, str),

@@ -8,7 +8,7 @@ Points: every resolution of :data:`~experiments.vision.config.RESOLUTIONS` x eve
 each trained model is also read with pan & scan (:class:`PanScanRun`: the same weights, the whole page
 followed by its crops; as in the report, pan & scan is an inference-time option, never trained
 with). Every point's ``evals`` hold exact match and answer-token accuracy over the held-out pages,
-their wide part (aspect 2:1 to 4:1, where pan & scan cuts) and their narrow part.
+their wide part (aspect 2:1 and wider, where pan & scan cuts) and their narrow part.
 
 The figure: exact match on the wide pages against resolution, one line per soft-token count, read
 whole (solid) and with pan & scan (dashed), with the 95% intervals over seeds; beside it the same for
@@ -132,7 +132,7 @@ def plot_vision(df: pd.DataFrame, figures: Path, name: str = SWEEP) -> list[Path
     table = summary(df)
     atomic_write_bytes(Path(figures) / f"{name}.csv", table.to_csv(index=False).encode())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, title in ((axes[0], "evals.exact_match_wide", "wide pages (2:1 to 4:1)"),
+    for ax, metric, title in ((axes[0], "evals.exact_match_wide", "wide pages (2:1 and wider)"),
                               (axes[1], "evals.exact_match", "all held-out pages")):
         colors = {}
         for (soft, pan), part in table.groupby(["soft_tokens", "pan_scan"], sort=True):

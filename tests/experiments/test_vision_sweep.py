@@ -80,14 +80,14 @@ def test_resume_is_exact(tmp_path):
 
 def test_quick_sweep_writes_summary_and_figure(tmp_path):
     runs = expand("vision", "quick", 2)
-    assert sum(isinstance(r, PanScanRun) for r in runs) == sum(type(r) is ReadRun for r in runs) == 12
+    assert sum(isinstance(r, PanScanRun) for r in runs) == sum(type(r) is ReadRun for r in runs) == 8
     result = run_sweep("vision", scale="quick", out=tmp_path, progress=False, seeds=2,
                        figures=tmp_path / "figs")
-    assert not result["failed"] and len(result["done"]) == 24
+    assert not result["failed"] and len(result["done"]) == 16
     df = results("vision", "quick", tmp_path, 2)
     assert (df["status"] == "done").all() and set(df["tag.pan_scan"]) == {True, False}
     table = pd.read_csv(tmp_path / "figs" / "vision.csv")
-    assert len(table) == 12 and (table["n"] == 2).all()
+    assert len(table) == 8 and (table["n"] == 2).all()
     assert {"evals.exact_match_wide.lo", "evals.exact_match_wide.hi"} <= set(table.columns)
     assert (tmp_path / "figs" / "vision.png").stat().st_size > 0
     ps = json.loads((tmp_path / "vision" / runs[-1].key / "summary.json").read_text())
