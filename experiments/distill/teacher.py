@@ -39,7 +39,9 @@ class Teacher:
     info: dict
 
 def _kind(path: Path) -> str:
-    if (path / "config.json").exists() and (path / checkpoint.CKPT_NAME).exists():
+    """"run" or "hf"; a run directory holding only the older single-file checkpoint raises
+    ``checkpoint.CheckpointError`` with the command that converts it."""
+    if (path / "config.json").exists() and checkpoint.exists(path / checkpoint.CKPT_NAME):
         return "run"
     if (path / "config.json").exists() and any(path.glob("*.safetensors*")):
         return "hf"

@@ -3,12 +3,14 @@
 
 import json
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import checkpoint
 from experiments.distill import losses as distill
 from experiments.distill.teacher import load_teacher, load_teacher_model
 from experiments.losses import LOSSES, get_loss, xent
@@ -190,11 +192,15 @@ def test_teacher_errors_are_clear(trained):
         load_teacher(base.replace(loss="distill", teacher=str(trained["sweep"] / t.short_hash())), other)
     with pytest.raises(ValueError, match="is not a trained run directory"):
         load_teacher(base.replace(loss="distill", teacher=str(trained["root"])), other)
+    half = trained["root"] / "half"
+    half.mkdir(exist_ok=True)
+    (half / "config.json").write_text("{}")
+    (half / "checkpoint.ckpt").write_text("")  # the older single-file format
+    with pytest.raises(ValueError, match="python -m experiments.checkpoint convert"):
+        load_teacher(base.replace(loss="distill", teacher=str(half)), other)
+    shutil.copytree(trained["sweep"] / t.short_hash() / checkpoint.CKPT_NAME, half / checkpoint.CKPT_NAME)
     with pytest.raises(ValueError, match="not trained yet"):
-        (trained["root"] / "half").mkdir(exist_ok=True)
-        (trained["root"] / "half" / "config.json").write_text("{}")
-        (trained["root"] / "half" / "checkpoint.ckpt").write_text("")
-        load_teacher(base.replace(loss="distill", teacher=str(trained["root"] / "half")), other)
+        load_teacher(base.replace(loss="distill", teacher=str(half)), other)
     with pytest.raises(ValueError, match="distils: set RunConfig.teacher"):
         base.replace(loss="distill")
     with pytest.raises(ValueError, match="which ignores it"):
