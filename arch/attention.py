@@ -144,9 +144,9 @@ class Attention(AbstractMixer):
         size = cache.pos.shape[0]
         keep = min(t, size)  # only the newest `size` positions of the chunk survive in the buffer
         slots = cache_slots(positions[-keep:], size, ring=self.window is not None)
-        written = KVCache(
-            k=cache.k.at[slots].set(k[-keep:].astype(cache.k.dtype), mode="drop"),
-            v=cache.v.at[slots].set(v[-keep:].astype(cache.v.dtype), mode="drop"),
+        written = KVCache(  # in place when the cache is donated (gemma_kernels.set_rows)
+            k=gemma_kernels.set_rows(cache.k, slots, k[-keep:], mode="drop"),
+            v=gemma_kernels.set_rows(cache.v, slots, v[-keep:], mode="drop"),
             pos=cache.pos.at[slots].set(positions[-keep:].astype(jnp.int32), mode="drop"),
         )
         if self.window is None or t == 1:

@@ -49,7 +49,7 @@ else:
     from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference
     from gemma_kernels.attention.ref import grouped_attention
-    from gemma_kernels.layout import dot, dot_tn, materialize, physical_swap
+    from gemma_kernels.layout import dot, dot_tn, materialize, physical_swap, set_rows
     from gemma_kernels.masks import bidirectional_radius, image_ids, visible
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
 
@@ -68,5 +68,6 @@ else:
         "linear_scan_reference",
         "materialize",
         "physical_swap",
+        "set_rows",
         "visible",
     ]

@@ -1,5 +1,5 @@
-"""Row-major transposes XLA's CPU backend cannot fold away, for its fast bf16 matmul path, and a
-fusion boundary it keeps (:func:`materialize`).
+"""Row-major transposes XLA's CPU backend cannot fold away, for its fast bf16 matmul path, a fusion
+boundary it keeps (:func:`materialize`) and a bf16 row write it does in place (:func:`set_rows`).
 
 XLA's CPU backend runs a bf16 x bf16 -> f32 dot on its fast (YNNPACK) path only when the product is
 laid out ``[..., m, k] @ [..., k, n]`` with both operands row-major; a ``jnp.swapaxes`` operand is
@@ -57,3 +57,16 @@ def materialize(x: Array) -> Array:
     flat = x.reshape(-1)
     idx = jnp.arange(flat.shape[0])
     return jnp.zeros_like(flat).at[idx].set(flat, unique_indices=True).reshape(x.shape)
+
+
+def set_rows(buf: Array, idx: Array, rows: Array, *, mode: str | None = None) -> Array:
+    """``buf.at[idx].set(rows)``, done in place when ``buf``'s buffer is donated (or carried by a loop).
+
+    XLA's CPU scatter widens a bf16 operand to f32 and back, so a bf16 cache is copied whole on every
+    write: at 32K slots that copy cost more than reading the cache for attention. The same scatter on
+    the cache's bits (uint16, a free bitcast each way) is done in place."""
+    if buf.dtype != jnp.bfloat16:
+        return buf.at[idx].set(rows.astype(buf.dtype), mode=mode)
+    bits = lax.bitcast_convert_type(buf, jnp.uint16)
+    new = lax.bitcast_convert_type(rows.astype(jnp.bfloat16), jnp.uint16)
+    return lax.bitcast_convert_type(bits.at[idx].set(new, mode=mode), jnp.bfloat16)

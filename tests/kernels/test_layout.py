@@ -6,7 +6,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from gemma_kernels.layout import _SENTINEL, dot, dot_tn, physical_swap
+from gemma_kernels.layout import _SENTINEL, dot, dot_tn, physical_swap, set_rows
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 4, 7, 3)])
@@ -31,3 +31,16 @@ def test_dot_tn_and_dot(p, q, dtype):
     assert got.dtype == jnp.float32 and got.shape == (p, q)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(jax.jit(dot)(a.T, b), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32, jnp.int32])
+def test_set_rows_is_the_scatter_it_replaces(dtype):
+    """Rows written through the bits equal ``.at[].set``, out-of-range rows dropped, under jit and not."""
+    buf = (jnp.arange(8 * 3 * 4).reshape(8, 3, 4) * 0.37).astype(dtype)
+    rows = (-jnp.arange(2 * 3 * 4).reshape(2, 3, 4) * 1.13 + 0.5).astype(jnp.float32)
+    idx = jnp.array([5, 9])  # 9 is past the end: dropped
+    want = buf.at[idx].set(rows.astype(dtype), mode="drop")
+    for fn in (set_rows, jax.jit(set_rows, static_argnames="mode")):
+        got = fn(buf, idx, rows, mode="drop")
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
