@@ -2,18 +2,16 @@
 
 Decoding reads every weight once per token, so its time is bytes read over bandwidth, and the form
 of each product decides how close it gets (``python -m experiments.bench.decode --speed`` puts a
-step against that floor). :func:`matvec` takes a float ``[out, in]`` weight as XLA's CPU compiler
-runs it fastest for its shape: a dot when the input is the short side (Gemma 3 1B's up and gate
-projections and tied head: 20-25 GB/s on a 2-core CPU), a fused multiply-and-reduce along the rows
-when it is the long side (the down projection: 16 GB/s, where the dot falls to 2 GB/s).
+step against that floor). :func:`matvec` hands each ``[out, in]`` product to
+:func:`gemma_kernels.matvec`: on the CPU a compiled kernel that widens bf16 weights or int8/int4 codes
+in registers at the memory's speed, elsewhere the plain-JAX forms XLA runs fastest.
 
 Serving from packed weights (Gemma 3 section 2.3 quantizes for exactly this): in the model that
 :func:`decodable` returns, each :class:`arch.quant.Packed` matrix of a ``Linear`` or the embedding
 table becomes a :class:`Served` one, its codes laid out once as ``[out, in]`` (int4: ``[out, in / 2]``
 bytes) or ``[out, blocks, block]``: a few rows (a decode step) multiply the integer codes directly,
-one fused multiply-and-reduce that widens each code as it is read and applies the scales to the
-partial sums; a long chunk (a prefill) dequantizes the matrix and takes the matmul path. Values equal
-the dequantized matrix's product up to f32 summation order.
+and the scales multiply the partial sums; a long chunk (a prefill) dequantizes the matrix and takes
+the matmul path. Values equal the dequantized matrix's product up to f32 summation order.
 
 Kept packed: integer formats with one scale per row (``int8``, ``int4``) or per block along the input
 axis (``int4_block32``), when each row holds whole blocks (and whole bytes for int4). Every other
@@ -27,7 +25,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from arch.quant import Packed, unpack_model
-from gemma_kernels import materialize
+from gemma_kernels import dequantize
+from gemma_kernels import matvec as kernel_matvec
 
 
 def servable(p: Packed) -> bool:
@@ -69,68 +68,21 @@ class Served(eqx.Module):
 
     def dense(self, dtype=jnp.float32) -> Float[Array, "o i"]:
         """The dequantized matrix (a prefill's matmul)."""
-        return _widened(self, None).reshape(self.shape).astype(dtype)
-
-
-def _codes(w: Served, rows: Int[Array, " r"] | None) -> tuple[Array, ...]:
-    """The codes of ``rows`` (all when None) as integers: int8 one array, int4 the low and high
-    nibbles (the even and odd inputs)."""
-    codes = w.codes if rows is None else w.codes[rows]
-    if w.bits == 8:
-        return (codes,)
-    b = jax.lax.bitcast_convert_type(codes, jnp.int8)  # arithmetic shifts sign-extend each nibble,
-    return (b << 4) >> 4, b >> 4  # in 8-bit lanes (widening to int32 first ran 3.5x slower)
-
-
-def _widened(w: Served, rows) -> Float[Array, "r ..."]:
-    """The dequantized rows, in the codes' layout (``[r, in]`` or ``[r, blocks, block]``), float32."""
-    codes = _codes(w, rows)
-    if len(codes) == 1:
-        x = codes[0].astype(jnp.float32)
-    else:
-        lo, hi = codes
-        x = jnp.stack([lo, hi], axis=-1).reshape(*lo.shape[:-1], -1).astype(jnp.float32)
-    scales = (w.scales if rows is None else w.scales[rows]).astype(jnp.float32)
-    return x * scales[..., None]
+        return dequantize(self.codes, self.scales).reshape(self.shape).astype(dtype)
 
 
 def matvec(x: Float[Array, "... i"], w: "Float[Array, 'o i'] | Served") -> Float[Array, "... o"]:
     """``x @ w.T`` for a few rows of ``x`` (a decode step), f32 accumulation and result: a float
     ``w`` in ``x``'s dtype, a :class:`Served` one from its codes."""
     if isinstance(w, Served):
-        return _served_matvec(x, w)
-    w = w.astype(x.dtype)
-    if w.shape[1] <= w.shape[0]:
-        return jnp.matmul(x, w.T, preferred_element_type=jnp.float32)
-    xs = materialize(x.astype(jnp.float32))
-    return (w.astype(jnp.float32) * xs[..., None, :]).sum(-1)
-
-
-def _served_matvec(x: Float[Array, "... i"], w: Served) -> Float[Array, "... o"]:
-    """Reads the codes once, widening each as it is read; the scales multiply partial sums.
-
-    A single row is reduced as ``codes [out, in] * x [in]``: with a unit leading axis
-    (``[1, out, in]``) XLA's CPU reduce of widened int8 ran 13x slower."""
-    lead, (n_out, n_in) = x.shape[:-1], w.shape
-    xs = materialize(x.astype(jnp.float32)).reshape(-1, n_in)
-    xs = xs[0] if xs.shape[0] == 1 else xs[:, None, :]
-    if w.block is not None:  # inputs as [..., blocks, block] against codes [out, blocks, block]
-        xs = xs.reshape(*xs.shape[:-1], n_in // w.block, w.block)
-    codes = _codes(w, None)
-    if len(codes) == 1:
-        part = (codes[0].astype(jnp.float32) * xs).sum(-1)
-    else:  # int4: byte m holds inputs 2m (low nibble) and 2m + 1 (high nibble)
-        lo, hi = codes
-        part = (lo.astype(jnp.float32) * xs[..., 0::2] + hi.astype(jnp.float32) * xs[..., 1::2]).sum(-1)
-    part = part * w.scales.astype(jnp.float32)
-    out = part if w.block is None else part.sum(-1)
-    return out.reshape(*lead, n_out)
+        return kernel_matvec(x, w.codes, w.scales)
+    return kernel_matvec(x, w.astype(x.dtype))
 
 
 def rows(w: Served, idx: Int[Array, "..."], dtype) -> Float[Array, "... i"]:
     """Rows ``idx`` of the dequantized matrix (an embedding lookup), reading only those rows."""
     flat = idx.reshape(-1)
-    return _widened(w, flat).reshape(*idx.shape, w.shape[1]).astype(dtype)
+    return dequantize(w.codes[flat], w.scales[flat]).reshape(*idx.shape, w.shape[1]).astype(dtype)
 
 
 def decodable(packed, like=None):

@@ -46,15 +46,17 @@ if __name__ != "gemma_kernels":
         sys.modules[__name__] = _module
         _spec.loader.exec_module(_module)
 else:
-    from gemma_kernels._platform import ATTENTION_IMPLS, SCAN_IMPLS
+    from gemma_kernels._platform import ATTENTION_IMPLS, MATVEC_IMPLS, SCAN_IMPLS
     from gemma_kernels.attention import attention, attention_reference
     from gemma_kernels.attention.ref import grouped_attention
     from gemma_kernels.layout import dot, dot_tn, materialize, physical_swap, set_rows
     from gemma_kernels.masks import bidirectional_radius, image_ids, visible
+    from gemma_kernels.matvec import dequantize, matvec, matvec_reference, signed_codes
     from gemma_kernels.scan import linear_scan, linear_scan_assoc, linear_scan_reference
 
     __all__ = [
         "ATTENTION_IMPLS",
+        "MATVEC_IMPLS",
         "SCAN_IMPLS",
         "attention",
         "attention_reference",
@@ -67,6 +69,10 @@ else:
         "linear_scan_assoc",
         "linear_scan_reference",
         "materialize",
+        "matvec",
+        "matvec_reference",
+        "dequantize",
+        "signed_codes",
         "physical_swap",
         "set_rows",
         "visible",

@@ -4,6 +4,7 @@ import jax
 
 ATTENTION_IMPLS = ("auto", "xla", "pallas")
 SCAN_IMPLS = ("auto", "xla", "assoc", "pallas")
+MATVEC_IMPLS = ("auto", "xla", "cpu")
 
 
 def backend() -> str:
