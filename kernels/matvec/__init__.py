@@ -35,8 +35,9 @@ def matvec(x: Float[Array, "... i"], w: Array, scales: Array | None = None, *,
         return matvec_xla(x, w, scales)
     fits = supports(x, w, scales)
     if impl == "cpu" and not fits:
-        raise ValueError(f"matvec(impl='cpu'): x {x.shape} against {w.dtype} weights {w.shape} is not a "
-                         f"shape the CPU kernel takes (at most {MAX_ROWS} rows; bf16, int8 or int4 [out, in])")
+        raise ValueError(f"matvec(impl='cpu'): x {x.shape} against {w.dtype} weights {w.shape} is not "
+                         f"a shape the CPU kernel takes (at most {MAX_ROWS} rows; bf16, int8 or int4 "
+                         "[out, in])")
     error = build_error() if fits else None
     if impl == "cpu" and error is not None:
         raise RuntimeError(f"matvec(impl='cpu'): {error}")
@@ -44,5 +45,6 @@ def matvec(x: Float[Array, "... i"], w: Array, scales: Array | None = None, *,
 
 
 __all__ = [
-    "MAX_ROWS", "build_error", "code_bits", "dequantize", "matvec", "matvec_reference", "matvec_xla", "signed_codes",
+    "MAX_ROWS", "build_error", "code_bits", "dequantize", "matvec", "matvec_reference", "matvec_xla",
+    "signed_codes",
 ]
