@@ -40,15 +40,18 @@ def test_every_patch_sees_every_other_both_ways():
     enc = VisionEncoder(cfg, key=jr.key(0))
     image = jr.normal(jr.key(1), (cfg.channels, cfg.image_size, cfg.image_size))
     p = cfg.patch_size
+    # a random read-out of one output row: the plain sum of a layer-normed row is zero whatever the
+    # input, so its gradient would be rounding noise
+    probe = jr.normal(jr.key(2), (cfg.width,))
 
-    def first_patch_from(img):
-        return enc(img)[0].sum()
+    def row_from(img, i):
+        return (enc(img)[i] * probe).sum()
 
-    g = jax.grad(first_patch_from)(image)
+    g = jax.grad(row_from)(image, 0)
     last = g[:, -p:, -p:]  # the last patch's pixels reach the first patch's output
-    assert float(jnp.abs(last).max()) > 0
-    g = jax.grad(lambda img: enc(img)[-1].sum())(image)
-    assert float(jnp.abs(g[:, :p, :p]).max()) > 0
+    assert float(jnp.abs(last).max()) > 1e-3 * float(jnp.abs(g).max())
+    g = jax.grad(row_from)(image, -1)
+    assert float(jnp.abs(g[:, :p, :p]).max()) > 1e-3 * float(jnp.abs(g).max())
 
 
 def test_config_errors_name_the_field_value_and_rule():
