@@ -11,6 +11,8 @@ here; only the numbers differ.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 import jax
@@ -46,6 +48,24 @@ def adamw(lr: float, steps: int, *, warmup: int, min_lr_ratio: float, weight_dec
     )
 
 
+def short_hash(config: dict) -> str:
+    """A run's name: 10 hex chars of sha256 over its config's sorted JSON, the same in every process
+    and on every machine (language-model, embedding and vision runs alike)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _lists(x):
+    """Tuples, nested too, as lists: what JSON writes and reads back."""
+    if isinstance(x, (tuple, list)):
+        return [_lists(v) for v in x]
+    return {k: _lists(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+
+def _tuples(x):
+    """Lists, nested too, as tuples: a frozen config's fields hash."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainSettings:
     """What every run of :func:`experiments.loop.fit` needs besides its model and data. Subclasses
@@ -76,6 +96,23 @@ class TrainSettings:
             raise ValueError(f"{name}.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
         if not self.lr > 0:
             raise ValueError(f"{name}.lr={self.lr!r}: must be > 0")
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        """Every field, tuples as lists: the run directory's ``config.json``."""
+        return _lists(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """The config ``to_dict`` wrote; keys that are no field of this class are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: _tuples(v) for k, v in d.items() if k in known})
+
+    def short_hash(self) -> str:
+        """The run's directory name (:func:`short_hash` of :meth:`to_dict`)."""
+        return short_hash(self.to_dict())
 
     def schedule(self) -> optax.Schedule:
         """Linear warmup from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``steps``."""

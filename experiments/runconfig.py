@@ -6,7 +6,6 @@ place (DESIGN.md, "Experiments and results").
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
@@ -24,12 +23,6 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     return value
-
-
-def short_hash(config: dict) -> str:
-    """A run's name: 10 hex chars of sha256 over its config's sorted JSON, the same in every process
-    and on every machine (language-model and embedding runs alike)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,9 +134,6 @@ class RunConfig(TrainSettings):
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def short_hash(self) -> str:
-        return short_hash(self.to_dict())
-
     def task_spec(self, vocab_size: int | None = None) -> Task | None:
         """The synthetic task this run trains on (None: the corpus only), in a vocabulary of
         ``vocab_size`` ids (default: ``self.vocab_size``, a pure-task run's own)."""
@@ -158,9 +148,6 @@ class RunConfig(TrainSettings):
     def with_model(self, **overrides) -> RunConfig:
         """A copy with more ModelConfig overrides (later ones win)."""
         return self.replace(overrides=(*self.overrides, *overrides.items()))
-
-    def replace(self, **kw) -> RunConfig:
-        return dataclasses.replace(self, **kw)
 
     @property
     def tokens_per_step(self) -> int:

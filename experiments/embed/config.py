@@ -10,7 +10,6 @@ import arch
 from arch import quant
 from experiments.embed.pairs import TEXT_NORMS
 from experiments.optim import TrainSettings
-from experiments.runconfig import short_hash
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,24 +93,6 @@ class EmbedConfig(TrainSettings):
 
     def dims(self) -> tuple[int, ...]:
         return self.mrl_dims or (self.model_config(self.vocab_size).width,)
-
-    def replace(self, **kw) -> EmbedConfig:
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("overrides", "mixture"):
-            d[k] = [list(p) for p in d[k]]
-        d["mrl_dims"] = list(self.mrl_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmbedConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
-
-    def short_hash(self) -> str:
-        return short_hash(self.to_dict())
 
 
 

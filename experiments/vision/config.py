@@ -19,7 +19,6 @@ import arch
 from arch.vision import VisionConfig
 from experiments.data.images import PanScan
 from experiments.optim import TrainSettings
-from experiments.runconfig import short_hash
 from experiments.vision.data import VOCAB
 from experiments.vision.documents import LAYOUTS
 
@@ -119,22 +118,6 @@ class ReadConfig(TrainSettings):
     def doc_kwargs(self) -> dict:
         return dict(height=self.height, aspects=self.aspects, font_sizes=self.font_sizes,
                     max_digits=self.max_digits, layout=self.layout)
-
-    def replace(self, **kw) -> ReadConfig:
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["aspects"], d["font_sizes"] = list(self.aspects), list(self.font_sizes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ReadConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
-
-    def short_hash(self) -> str:
-        return short_hash(self.to_dict())
 
 
 BASES: dict[str, ReadConfig] = {
