@@ -8,9 +8,12 @@ slower. A transpose returned from a branch of a conditional stays a real copy, s
 row-major operand. Elsewhere (GPU, TPU) the copy is one cheap pass over a small tensor.
 """
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
+
+from gemma_kernels.native import build_error
 
 # A quiet-NaN bit pattern whose payload no arithmetic produces: the guard of `physical_transpose`.
 _SENTINEL = 0x7FC0_5AFE
@@ -62,11 +65,47 @@ def materialize(x: Array) -> Array:
 def set_rows(buf: Array, idx: Array, rows: Array, *, mode: str | None = None) -> Array:
     """``buf.at[idx].set(rows)``, done in place when ``buf``'s buffer is donated (or carried by a loop).
 
-    XLA's CPU scatter widens a bf16 operand to f32 and back, so a bf16 cache is copied whole on every
-    write: at 32K slots that copy cost more than reading the cache for attention. The same scatter on
-    the cache's bits (uint16, a free bitcast each way) is done in place."""
+    One row with ``mode="drop"`` (a decode step's new key or value) is written on the CPU by a native
+    kernel whose output is its input buffer (``gemma_kernels/native/set_row.cc``): XLA's own writes
+    were not in place for a donated bf16 cache. Otherwise XLA's CPU scatter widens a bf16 operand to
+    f32 and back, so a bf16 buffer is scattered through its bits (uint16, a free bitcast each way)."""
+    if idx.shape == (1,) and mode == "drop" and rows.shape == (1, *buf.shape[1:]) and build_error() is None:
+        idx = jnp.where(idx < 0, idx + buf.shape[0], idx).astype(jnp.int32)  # as .at[] reads it
+        return _set_row(buf, rows.astype(buf.dtype), idx)
+    return _scatter_rows(buf, idx, rows, mode)
+
+
+def _scatter_rows(buf: Array, idx: Array, rows: Array, mode: str | None) -> Array:
     if buf.dtype != jnp.bfloat16:
         return buf.at[idx].set(rows.astype(buf.dtype), mode=mode)
     bits = lax.bitcast_convert_type(buf, jnp.uint16)
     new = lax.bitcast_convert_type(rows.astype(jnp.bfloat16), jnp.uint16)
     return lax.bitcast_convert_type(bits.at[idx].set(new, mode=mode), jnp.bfloat16)
+
+
+@jax.custom_batching.custom_vmap
+def _native_set_row(buf: Array, row: Array, idx: Array) -> Array:
+    """The native write of ``row [1, ...]`` at ``idx [1]`` (int32); out of range writes nothing."""
+    out = jax.ShapeDtypeStruct(buf.shape, buf.dtype)
+    return jax.ffi.ffi_call("gemma_set_row", out, input_output_aliases={0: 0})(buf, row, idx)
+
+
+@_native_set_row.def_vmap
+def _native_set_row_vmap(axis_size, in_batched, buf, row, idx):
+    """A batch of caches (batched decoding under ``jax.vmap``): XLA's scatter, one row per cache."""
+    args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, b in zip((buf, row, idx), in_batched)]
+    return jax.vmap(lambda b, r, i: _scatter_rows(b, i, r, "drop"))(*args), True
+
+
+@jax.custom_jvp
+def _set_row(buf: Array, row: Array, idx: Array) -> Array:
+    return _native_set_row(buf, row, idx)
+
+
+@_set_row.defjvp
+def _set_row_jvp(primals, tangents):
+    buf, row, idx = primals
+    d_buf, d_row, _ = tangents
+    # one index is unique, which lets JAX transpose the tangent's scatter (reverse mode)
+    return _set_row(buf, row, idx), d_buf.at[idx].set(d_row, mode="drop", unique_indices=True)

@@ -4,7 +4,7 @@ Decoding reads every weight once per token, so its time is bytes read over bandw
 report, section 2.3, serves quantized weights for exactly this). ``W`` is ``[out, in]``: float, or
 integer codes with scales (:mod:`gemma_kernels.matvec.ref` gives the layouts). Implementations:
 
-- ``"cpu"``: a compiled kernel (:mod:`gemma_kernels.matvec.cpu`) for bf16 weights and per-row int8 or
+- ``"cpu"``: a compiled kernel (:mod:`gemma_kernels.native`) for bf16 weights and per-row int8 or
   int4 codes, up to ``MAX_ROWS`` rows; the default on the CPU backend wherever it builds;
 - ``"xla"``: plain JAX in the forms XLA's CPU compiler runs fastest (:mod:`gemma_kernels.matvec.xla`);
   everything else, and every other backend.
@@ -15,9 +15,10 @@ The result is f32 and equals :func:`matvec_reference` up to the order of f32 add
 from jaxtyping import Array, Float
 
 from gemma_kernels._platform import MATVEC_IMPLS, backend
-from gemma_kernels.matvec.cpu import MAX_ROWS, build_error, matvec_cpu, supports
+from gemma_kernels.matvec.cpu import MAX_ROWS, matvec_cpu, supports
 from gemma_kernels.matvec.ref import code_bits, dequantize, matvec_reference, signed_codes
 from gemma_kernels.matvec.xla import matvec_xla
+from gemma_kernels.native import build_error
 
 
 def matvec(x: Float[Array, "... i"], w: Array, scales: Array | None = None, *,

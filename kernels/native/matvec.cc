@@ -9,7 +9,7 @@
 // The outputs are split into chunks that the calling thread and XLA's intra-op thread pool take in
 // turn, so both cores of a small machine read weights at once.
 //
-// Built by gemma_kernels/matvec/cpu.py with the host's C++ compiler (-march=native): AVX-512 where the
+// Built by gemma_kernels.native with the host's C++ compiler (-march=native): AVX-512 where the
 // machine has it, a loop the compiler vectorises elsewhere.
 
 #include <algorithm>
