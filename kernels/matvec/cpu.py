@@ -57,9 +57,9 @@ def _kernel_vmap(axis_size, in_batched, xs, w, scales):
 
 @jax.custom_vjp
 def matvec_cpu(x: Float[Array, "... i"], w: Array, scales: Array | None = None) -> Float[Array, "... o"]:
-    """``x @ W.T`` (f32) by the compiled kernel; the caller checks
-    :func:`gemma_kernels.native.build_error` and
-    :func:`supports`. Gradients (to ``x``, and to float weights) are the reference's."""
+    """``x @ W.T`` (f32) by the compiled kernel, where :func:`supports` holds and
+    :func:`gemma_kernels.native.build_error` is None. Gradients (to ``x``, and to float weights) are
+    the reference's."""
     return _call(x, w, scales)
 
 
